@@ -1,0 +1,1 @@
+"""Small helpers shared by every concern: hashing, atomic writes, processes, ports."""
