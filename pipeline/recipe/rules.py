@@ -1,0 +1,84 @@
+"""Cross-field rules a user would otherwise learn after an hour of GPU time.
+
+Each rule returns (field path, message) so the loader can point at the offending line.
+"""
+
+from __future__ import annotations
+
+from pipeline.recipe.hardware import GPUS, sm_label
+from pipeline.recipe.schema import Recipe
+
+Problem = tuple[tuple[str | int, ...], str]
+
+
+def check(recipe: Recipe) -> list[Problem]:
+    problems: list[Problem] = []
+    gpu = GPUS[recipe.target.gpu]
+    q = recipe.quantize
+    b = recipe.build
+
+    for field, value in (("algo", q.algo), ("kv_cache", q.kv_cache)):
+        if value == "nvfp4" and not gpu.nvfp4:
+            fix = "use fp8 on " + gpu.name if gpu.fp8 else "use int4_awq or none on " + gpu.name
+            if gpu.sm is None:
+                fix = "NVFP4 bundles are built for a Blackwell target; the cpu target uses fp8"
+            problems.append(((("quantize", field)),
+                             f"NVFP4 needs Blackwell (sm100+), target {gpu.name} is "
+                             f"{sm_label(gpu.sm)}; {fix}"))
+        if value == "fp8" and gpu.sm is not None and not gpu.fp8:
+            problems.append((("quantize", field),
+                             f"FP8 needs sm89+ (Ada, Hopper, Blackwell), target {gpu.name} is "
+                             f"{sm_label(gpu.sm)}; use int4_awq or none"))
+    if q.algo == "w4a8_awq" and gpu.sm is not None and not gpu.fp8:
+        problems.append((("quantize", "algo"),
+                         f"w4a8_awq uses FP8 activations and needs sm89+, target {gpu.name} is "
+                         f"{sm_label(gpu.sm)}; use int4_awq"))
+
+    if b.backend == "reference" and recipe.target.gpu != "cpu":
+        problems.append((("build", "backend"),
+                         f"backend 'reference' runs on the CPU only, target is {recipe.target.gpu}; "
+                         "use backend tensorrt or pytorch, or target gpu cpu"))
+    if recipe.target.gpu == "cpu" and b.backend != "reference":
+        problems.append((("target", "gpu"),
+                         f"target 'cpu' needs backend 'reference' (got '{b.backend}'); "
+                         "TensorRT-LLM runs on NVIDIA GPUs only"))
+    if recipe.target.gpu == "cpu" and recipe.target.world_size != 1:
+        problems.append((("target", "tensor_parallel"),
+                         "target 'cpu' runs one process; set tensor_parallel and pipeline_parallel to 1"))
+    if b.backend == "reference" and q.algo in ("int4_awq", "w4a8_awq"):
+        problems.append((("quantize", "algo"),
+                         f"the reference backend dequantizes fp8 and nvfp4 only, not {q.algo}"))
+
+    if b.max_num_tokens < b.max_batch_size:
+        problems.append((("build", "max_num_tokens"),
+                         f"max_num_tokens ({b.max_num_tokens}) must be >= max_batch_size "
+                         f"({b.max_batch_size}): each scheduled request needs at least one token"))
+    if b.max_input_len is not None and b.max_input_len > b.max_seq_len:
+        problems.append((("build", "max_input_len"),
+                         f"max_input_len ({b.max_input_len}) exceeds max_seq_len ({b.max_seq_len})"))
+    if q.calibration.seq_len > b.max_seq_len:
+        problems.append((("quantize", "calibration", "seq_len"),
+                         f"calibration seq_len ({q.calibration.seq_len}) exceeds build.max_seq_len "
+                         f"({b.max_seq_len})"))
+
+    names = [w.name for w in recipe.gates.throughput.workloads]
+    if len(set(names)) != len(names):
+        problems.append((("gates", "throughput", "workloads"), "workload names must be unique"))
+    for i, c in enumerate(recipe.gates.throughput.criteria):
+        w = next((w for w in recipe.gates.throughput.workloads if w.name == c.workload), None)
+        if w is None:
+            problems.append((("gates", "throughput", "criteria", i, "workload"),
+                             f"unknown workload '{c.workload}'; known: {', '.join(names) or 'none'}"))
+        elif c.concurrency not in w.concurrency:
+            problems.append((("gates", "throughput", "criteria", i, "concurrency"),
+                             f"concurrency {c.concurrency} is not in workload '{w.name}' sweep "
+                             f"{w.concurrency}"))
+    for i, w in enumerate(recipe.gates.throughput.workloads):
+        if w.input_len + w.output_len > b.max_seq_len:
+            problems.append((("gates", "throughput", "workloads", i, "input_len"),
+                             f"input_len + output_len ({w.input_len + w.output_len}) exceeds "
+                             f"build.max_seq_len ({b.max_seq_len})"))
+        if w.kind == "shared-prefix" and w.prefix_len >= w.input_len:
+            problems.append((("gates", "throughput", "workloads", i, "prefix_len"),
+                             "prefix_len must be smaller than input_len"))
+    return problems

