@@ -1,1 +1,87 @@
-"""cli."""
+"""`trtbuild`: thin click commands over the library. Errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pipeline import __version__
+from pipeline.errors import EXIT_ERROR, EXIT_USAGE, RecipeError, TrtbuildError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def common(fn: F) -> F:
+    """--json and --debug on every command (they may also be given before the command)."""
+
+    @click.option("--json", "json_mode", is_flag=True, help="Machine output (JSON) on stdout.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, json_mode: bool, debug: bool, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        root = ctx.find_root().params
+        return fn(*args, json_mode=json_mode or root.get("json_mode", False), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="trtbuild")
+@click.option("--json", "json_mode", is_flag=True, help="Machine output (JSON) on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def cli(json_mode: bool, debug: bool) -> None:
+    """Turn a Hugging Face checkpoint into a gated, versioned LLM release served by Triton.
+
+    Exit codes: 0 ok, 1 error, 2 usage, 3 a gate failed.
+    """
+
+
+def _register() -> None:
+    from pipeline.cli import recipe_cmds
+
+    recipe_cmds.register(cli)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="trtbuild", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("trtbuild: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+    except RecipeError as e:
+        if debug:
+            traceback.print_exc()
+        for line in e.problems:
+            click.echo(line, err=True)
+        sys.exit(e.exit_code)
+    except TrtbuildError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"trtbuild: error: {e.one_line()}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("trtbuild: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        else:
+            click.echo(f"trtbuild: internal error: {type(e).__name__}: {e} (run with --debug for "
+                       "the traceback)", err=True)
+        sys.exit(EXIT_ERROR)
+    sys.exit(0)
