@@ -52,7 +52,7 @@ class NotImplementedStageError(StageError):
     """A stage that is not implemented for this configuration. Never pretends to succeed."""
 
 
-class GateFailed(TrtbuildError):
+class GateFailed(TrtbuildError):  # noqa: N818 - reads as a verdict: "raise GateFailed"
     """A gate measured a value outside its criterion."""
 
     exit_code = EXIT_GATE_FAILED

