@@ -2,28 +2,128 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.bundle import write_manifest
+from pipeline.errors import NotImplementedStageError
+from pipeline.recipe.hardware import GPUS
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.recipe.schema import Executor
-from pipeline.runner.stage import Stage
+from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
+from pipeline.util.hashing import iter_content_files
 
 # fields that change how long or where a build runs, never what it produces
-IGNORED = frozenset({"tensorrt.executor", "pytorch.executor", "tensorrt.timing_cache",
-                     "reference.threads"})
+IGNORED = frozenset({"tensorrt.executor", "pytorch.executor", "tensorrt.timing_cache", "reference.threads"})
 
 
 class BuildStage(Stage):
     name = "build"
-    inputs = ("quantize",)
+    inputs = ("fetch", "quantize")
     tools: ClassVar[tuple[str, ...]] = ("tensorrt-llm", "tensorrt")
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         r = loaded.recipe
-        return {"build": fields(r.build, exclude=IGNORED), "target": fields(r.target),
-                "name": r.name}
+        return {"build": fields(r.build, exclude=IGNORED), "target": fields(r.target), "name": r.name,
+                "recipe_digest": loaded.digest}
 
     def executor(self, loaded: LoadedRecipe) -> Executor | None:
         b = loaded.recipe.build
         return b.tensorrt.executor if b.backend == "tensorrt" else None
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        r = ctx.recipe
+        backend = r.build.backend
+        bundle = ctx.workdir / "bundle"
+        bundle.mkdir()
+        quant = ctx.inputs["quantize"]
+        if backend == "reference":
+            runtime = build_reference(ctx, Path(quant.outputs["unified"]), bundle)
+            verified: bool | str = "reference runtime loads the checkpoint at serve time"
+        else:
+            raise NotImplementedStageError("build", f"backend '{backend}' is not wired into the build stage yet")
+        compat = compatibility_key(ctx.loaded, quant.summary, tensorrt=None, tensorrt_llm=None)
+        provenance = provenance_of(ctx)
+        provenance["verified_on_runtime"] = verified
+        bundle_id = write_manifest(bundle, name=r.name, backend=backend, provenance=provenance,
+                                   compatibility=compat, runtime=runtime)
+        return StageOutput(outputs={"bundle": "bundle"},
+                           summary={"bundle_id": bundle_id, "backend": backend, "compatibility": compat},
+                           digest=bundle_id)
+
+
+def build_reference(ctx: StageContext, unified: Path, bundle: Path) -> dict[str, Any]:
+    """The unified checkpoint + tokenizer, and the reference runtime's options."""
+    link_tree(unified, bundle / "checkpoint")
+    b = ctx.recipe.build
+    return {"kind": "reference", "checkpoint": "checkpoint", "dtype": b.reference.dtype,
+            "max_batch_size": b.max_batch_size, "max_seq_len": b.max_seq_len,
+            "max_num_tokens": b.max_num_tokens}
+
+
+def compatibility_key(loaded: LoadedRecipe, quant_summary: dict[str, Any], *, tensorrt: str | None,
+                      tensorrt_llm: str | None) -> dict[str, Any]:
+    r = loaded.recipe
+    gpu = GPUS[r.target.gpu]
+    return {
+        "backend": r.build.backend, "gpu": gpu.name, "sm": gpu.sm, "arch": gpu.arch,
+        "tensorrt": tensorrt, "tensorrt_llm": tensorrt_llm,
+        "tensor_parallel": r.target.tensor_parallel, "pipeline_parallel": r.target.pipeline_parallel,
+        "max_batch_size": r.build.max_batch_size, "max_seq_len": r.build.max_seq_len,
+        "max_num_tokens": r.build.max_num_tokens,
+        "quant_algo": r.quantize.algo, "kv_cache_quant_algo": r.quantize.kv_cache,
+    }
+
+
+def provenance_of(ctx: StageContext) -> dict[str, Any]:
+    fetch = ctx.inputs.get("fetch")
+    quant = ctx.inputs["quantize"].summary
+    src = dict(fetch.summary) if fetch else {}
+    src.pop("summary", None)
+    src["digest"] = fetch.digest if fetch else None
+    tools: dict[str, str | None] = {}
+    for dist in ("trtbuild", "nvidia-modelopt", "torch", "transformers", "tensorrt-llm", "tensorrt"):
+        try:
+            tools[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            tools[dist] = None
+    calib = quant.get("calibration") or {}
+    return {
+        "recipe": ctx.loaded.recipe.name, "recipe_digest": ctx.loaded.digest, "source": src,
+        "calibration_digest": calib.get("digest"), "quantization": quant.get("quant_config_name")
+        or {"algo": ctx.recipe.quantize.algo, "kv_cache": ctx.recipe.quantize.kv_cache},
+        "tools": tools, "git_commit": git_commit(ctx.loaded.path.parent),
+    }
+
+
+def git_commit(where: Path) -> str | None:
+    """The commit of the repository holding the recipe (None outside git); '+dirty' if modified."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link an immutable cached tree (stage outputs never change once renamed in place)."""
+    for f in iter_content_files(src):
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
