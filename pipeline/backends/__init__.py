@@ -1,1 +1,1 @@
-"""backends."""
+"""Backends: tensorrt, pytorch, reference."""

@@ -1,0 +1,1 @@
+"""The CPU reference backend: runtime and Triton python model."""

@@ -1,0 +1,260 @@
+"""The CPU reference runtime: batched generation with a KV cache, streaming, logprobs.
+
+It serves unified checkpoints dequantized by `pipeline.quant.loader` so the whole pipeline runs
+without an NVIDIA GPU. It is not a production engine. Concurrent requests are batched: a
+scheduler thread takes up to `max_batch_size` waiting requests, left-pads them into one batch,
+runs prefill and then decodes step by step, dropping finished rows from the KV cache. Requests
+that arrive during a batch join the next one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+TokenCallback = Callable[[int, str, float | None], None]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("temperature >= 0, 0 < top_p <= 1 and top_k >= 0 are required")
+
+
+@dataclass
+class Generation:
+    prompt_tokens: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "length" | "stop" | "eos"
+    logprobs: list[float] | None = None
+    ttft_s: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_token: TokenCallback | None
+    future: Future[Generation]
+    created: float = field(default_factory=time.monotonic)
+    out: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    first_token_at: float | None = None
+    generator: torch.Generator | None = None
+
+
+class ReferenceRuntime:
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, max_seq_len: int = 2048,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = max_seq_len
+        self.dtype = dtype
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+            next(iter(self.eos_ids)) if self.eos_ids else 0)
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0  # how many batches ran (tests check that concurrent requests share one)
+
+    # ------------------------------------------------------------------ public API
+    def start(self) -> ReferenceRuntime:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="reference-runtime", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+               on_token: TokenCallback | None = None) -> Future[Generation]:
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        params = params or SamplingParams()
+        fut: Future[Generation] = Future()
+        if not ids:
+            fut.set_exception(ValueError("empty prompt"))
+            return fut
+        if len(ids) + params.max_tokens > self.max_seq_len:
+            fut.set_exception(ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                                         f"max_seq_len {self.max_seq_len}"))
+            return fut
+        req = _Request(ids, params, on_token, fut)
+        if params.seed is not None:
+            req.generator = torch.Generator().manual_seed(params.seed)
+        self.start()
+        self._queue.put(req)
+        return fut
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                 on_token: TokenCallback | None = None, timeout: float | None = None) -> Generation:
+        return self.submit(prompt, params, on_token).result(timeout=timeout)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    @torch.inference_mode()
+    def score(self, ids: Sequence[int]) -> torch.Tensor:
+        """Teacher-forced log-probabilities [len(ids)-1, vocab] of each next token (accuracy gate)."""
+        x = torch.tensor([list(ids)])
+        logits = self.model(input_ids=x).logits[0, :-1].to(torch.float32)
+        return torch.log_softmax(logits, dim=-1)
+
+    # ------------------------------------------------------------------ scheduler
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self._run_batch(batch)
+            except Exception as e:  # a failed batch fails its requests, never the server
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[_Request]) -> None:
+        self.batches += 1
+        width = max(len(r.prompt_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].to(torch.float32)
+        active = list(range(len(batch)))
+        while True:
+            keep: list[int] = []
+            next_ids: list[int] = []
+            for row, idx in enumerate(active):
+                r = batch[idx]
+                tok, lp = self._sample(logits[row], r)
+                if self._emit(r, tok, lp):
+                    keep.append(row)
+                    next_ids.append(tok)
+            if not keep:
+                return
+            if len(keep) != len(active):
+                cache.batch_select_indices(torch.tensor(keep))
+                mask = mask[keep]
+                positions = positions[keep]
+                active = [active[k] for k in keep]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(input_ids=torch.tensor(next_ids).unsqueeze(1), attention_mask=mask,
+                             position_ids=positions, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].to(torch.float32)
+
+    def _sample(self, logits: torch.Tensor, r: _Request) -> tuple[int, float | None]:
+        p = r.params
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if p.temperature == 0:
+            tok = int(torch.argmax(logits))
+        else:
+            scaled = logits / p.temperature
+            if p.top_k > 0:
+                kth = torch.topk(scaled, min(p.top_k, scaled.numel())).values[-1]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            if p.top_p < 1.0:
+                sorted_logits, order = torch.sort(scaled, descending=True)
+                cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+                drop = cum - torch.softmax(sorted_logits, dim=-1) > p.top_p
+                sorted_logits[drop] = float("-inf")
+                scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
+            probs = torch.softmax(scaled, dim=-1)
+            tok = int(torch.multinomial(probs, 1, generator=r.generator))
+        return tok, float(logprobs[tok]) if p.logprobs else None
+
+    def _emit(self, r: _Request, tok: int, lp: float | None) -> bool:
+        """Record a token, stream it, and say whether the request goes on."""
+        p = r.params
+        now = time.monotonic()
+        if r.first_token_at is None:
+            r.first_token_at = now
+        is_eos = tok in self.eos_ids and not p.ignore_eos
+        if is_eos or tok in p.stop_token_ids:
+            self._finish(r, "eos" if is_eos else "stop")
+            return False
+        r.out.append(tok)
+        if lp is not None:
+            r.logprobs.append(lp)
+        text = self.tokenizer.decode(r.out, skip_special_tokens=True)
+        delta = text[len(r.text):] if text.startswith(r.text) else text
+        r.text = text
+        for s in p.stop:
+            if s and s in r.text:
+                r.text = r.text[: r.text.index(s)]
+                if r.on_token is not None:
+                    r.on_token(tok, delta[: max(0, len(delta) - (len(text) - len(r.text)))], lp)
+                self._finish(r, "stop")
+                return False
+        if r.on_token is not None:
+            r.on_token(tok, delta, lp)
+        if len(r.out) >= p.max_tokens:
+            self._finish(r, "length")
+            return False
+        return True
+
+    def _finish(self, r: _Request, reason: str) -> None:
+        now = time.monotonic()
+        r.future.set_result(Generation(
+            prompt_tokens=len(r.prompt_ids), token_ids=list(r.out), text=r.text, finish_reason=reason,
+            logprobs=list(r.logprobs) if r.params.logprobs else None,
+            ttft_s=(r.first_token_at or now) - r.created, seconds=now - r.created))
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(src, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list | tuple):
+            ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
