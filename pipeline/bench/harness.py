@@ -39,6 +39,7 @@ class Point:
     client_cpu_share: float
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ttft_samples: list[float] = field(default_factory=list)
 
     def metric(self, name: str) -> float:
         if name in ("output_tok_s", "req_s", "goodput"):
@@ -131,6 +132,7 @@ def summarize(records: list[RequestRecord], *, endpoint: str, workload: str, con
         e2e=percentiles([r.e2e for r in ok]),
         loop_lag_max_ms=lag_max, client_cpu_share=cpu_share,
         errors=sorted({r.error or "no tokens" for r in failed})[:5], warnings=warnings,
+        ttft_samples=[r.ttft for r in ok if r.ttft is not None],
     )
 
 
