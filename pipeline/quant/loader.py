@@ -1,0 +1,111 @@
+"""A correct CPU loader for ModelOpt unified checkpoints.
+
+transformers loads a ModelOpt FP8 export WITHOUT its scales and only logs "Unknown quantization
+type ... we will skip the quantization": the outputs are silently wrong. This loader reads the
+safetensors itself, dequantizes FP8 (weight x weight_scale) and NVFP4 (two e2m1 values per byte,
+low nibble first, times the fp8 per-16-block scale and the fp32 global scale), drops the
+activation and KV scales, and loads the result strictly into a model built from config.json
+without its quantization_config. Formats it does not understand are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import QuantizeError
+
+E2M1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.float32)
+SUPPORTED = {None, "FP8", "NVFP4"}
+SUPPORTED_KV = {None, "FP8", "NVFP4"}
+# tensors that calibrate activations or the KV cache: meaningful to an engine, not to weights
+DROPPED_SUFFIXES = (".input_scale", ".k_scale", ".v_scale", ".output_scale")
+
+
+def quant_info(checkpoint_dir: Path) -> tuple[str | None, str | None, int]:
+    """(quant_algo, kv_cache_quant_algo, group_size) from hf_quant_config.json, or Nones."""
+    path = checkpoint_dir / "hf_quant_config.json"
+    if not path.is_file():
+        return None, None, 0
+    q = json.loads(path.read_text()).get("quantization", {})
+    return q.get("quant_algo"), q.get("kv_cache_quant_algo"), int(q.get("group_size") or 16)
+
+
+def unpack_nvfp4(packed: torch.Tensor, block_scale: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """[out, in/2] uint8 -> [out, in] float32."""
+    lo = (packed & 0x0F).long()
+    hi = (packed >> 4).long()
+    vals = torch.stack([E2M1[lo], E2M1[hi]], dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+    scale = block_scale.to(torch.float32) * global_scale.to(torch.float32)
+    block = vals.shape[-1] // scale.shape[-1]
+    return (vals.reshape(*scale.shape, block) * scale.unsqueeze(-1)).reshape(vals.shape)
+
+
+def dequantize_state(tensors: dict[str, torch.Tensor], algo: str | None, where: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    scales = {k for k in tensors if k.endswith((".weight_scale", ".weight_scale_2"))}
+    for name, t in tensors.items():
+        if name in scales or name.endswith(DROPPED_SUFFIXES):
+            continue
+        if name.endswith(".weight") and t.dtype == torch.float8_e4m3fn:
+            s = tensors.get(name + "_scale")
+            if s is None:
+                raise QuantizeError(f"{where}: {name} is float8 but {name}_scale is missing")
+            out[name] = t.to(torch.float32) * s.to(torch.float32)
+        elif name.endswith(".weight") and t.dtype == torch.uint8:
+            if algo != "NVFP4":
+                raise QuantizeError(f"{where}: {name} is packed uint8 but quant_algo is {algo}; unsupported format")
+            s, s2 = tensors.get(name + "_scale"), tensors.get(name + "_scale_2")
+            if s is None or s2 is None:
+                raise QuantizeError(f"{where}: NVFP4 weight {name} lacks weight_scale or weight_scale_2")
+            out[name] = unpack_nvfp4(t, s, s2)
+        elif t.dtype in (torch.int8, torch.int32, torch.uint8):
+            raise QuantizeError(f"{where}: tensor {name} has dtype {t.dtype}; this loader reads FP8 and NVFP4 only")
+        else:
+            out[name] = t
+    return out
+
+
+def load_unified(checkpoint_dir: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[Any, Any]:
+    """Load a unified checkpoint (quantized or not) as a dequantized model and its tokenizer."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    algo, kv, _ = quant_info(checkpoint_dir)
+    if algo not in SUPPORTED or kv not in SUPPORTED_KV:
+        raise QuantizeError(f"{checkpoint_dir}/hf_quant_config.json: quant_algo {algo} / kv_cache_quant_algo {kv} "
+                            f"is not supported by the CPU loader (supported: FP8, NVFP4)")
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    files = sorted(checkpoint_dir.glob("*.safetensors"))
+    if not files:
+        raise QuantizeError(f"{checkpoint_dir}: no .safetensors files")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(dequantize_state(load_file(f), algo, str(f)))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = _diff(model, state)
+    if missing or unexpected:
+        raise QuantizeError(f"{checkpoint_dir}: weights do not match the architecture "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(state, strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model = model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    return model, tokenizer
+
+
+def _diff(model: Any, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    want = set(model.state_dict().keys())
+    have = set(state)
+    # rotary buffers are computed, not stored
+    missing = sorted(k for k in want - have if "rotary_emb" not in k)
+    return missing, sorted(have - want)

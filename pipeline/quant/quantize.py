@@ -1,0 +1,151 @@
+"""Quantize a checkpoint with NVIDIA ModelOpt and export what the backend needs.
+
+Calibrate once, save the quantizer state, and restore it into a freshly loaded model before each
+export: each ModelOpt export mutates the model it is given (a second export from the same
+model silently writes different tensors).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import QuantizeError
+from pipeline.quant.calibration import Calibration
+from pipeline.quant.configs import KV_ALGO, QUANT_ALGO, modelopt_config
+from pipeline.quant.memory import available, plan_memory
+from pipeline.util import atomic
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("nvidia-modelopt", "torch", "transformers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def _load(src: Path, dtype: Any, device: str, plan_device_map: str | None, max_memory: dict[Any, int]) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"dtype": dtype}
+    if plan_device_map:
+        kw.update(device_map=plan_device_map, max_memory=max_memory)
+    model = AutoModelForCausalLM.from_pretrained(src, **kw).eval()
+    if not plan_device_map and device != "cpu":
+        model = model.to(device)
+    return model
+
+
+def amax_summary(model: Any) -> dict[str, dict[str, float]]:
+    """Per quantizer kind (weight, input, k/v bmm): how many were calibrated and their amax range."""
+    import torch
+
+    groups: dict[str, list[float]] = {}
+    for name, module in model.named_modules():
+        amax = getattr(module, "amax", None)
+        if not isinstance(amax, torch.Tensor) or not name.endswith("_quantizer"):
+            continue
+        kind = name.rsplit(".", 1)[-1]
+        groups.setdefault(kind, []).extend(amax.detach().float().reshape(-1).cpu().tolist())
+    return {k: {"count": len(v), "min": min(v), "max": max(v), "mean": sum(v) / len(v)}
+            for k, v in sorted(groups.items()) if v}
+
+
+def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: str, calibration: Calibration | None,
+                        exports: set[str], tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                        device: str | None = None, dtype: str = "bfloat16",
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    import modelopt.torch.opt as mto
+    import modelopt.torch.quantization as mtq
+    import torch
+
+    start = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src_dir / "config.json").read_text())
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpus, cpu_free = available()
+    plan = plan_memory(config, gpus=gpus if device == "cuda" else [], cpu_free=cpu_free,
+                       dtype="float32" if device == "cpu" else dtype)
+    # calibrate in fp32 on CPU (bf16 matmuls are slow there); export in the checkpoint's dtype
+    calib_dtype = torch.float32 if plan.device == "cpu" else getattr(torch, dtype)
+    export_dtype = getattr(torch, dtype)
+    qcfg = modelopt_config(algo, kv_cache)
+    record: dict[str, Any] = {
+        "algo": algo, "kv_cache": kv_cache, "quant_algo": QUANT_ALGO[algo], "kv_cache_quant_algo": KV_ALGO[kv_cache],
+        "exports": sorted(exports), "device": plan.device, "memory_plan": plan.describe(),
+        "tensor_parallel": tensor_parallel, "pipeline_parallel": pipeline_parallel, "versions": _versions(),
+        "calibration": calibration.record() if calibration else None,
+        "quant_config": json.loads(json.dumps(qcfg, default=str)) if qcfg else None,
+    }
+    state = out_dir / "modelopt_state.pth"
+    if qcfg is not None:
+        if calibration is None:
+            raise QuantizeError(f"{algo}/{kv_cache} needs calibration data")
+        model = _load(src_dir, calib_dtype, plan.device, plan.device_map, plan.max_memory)
+        batches = calibration.batches
+        dev = next(model.parameters()).device
+
+        def forward_loop(m: Any) -> None:
+            for i, b in enumerate(batches):
+                m(b.to(dev))
+                if progress is not None:
+                    progress(i + 1, len(batches))
+
+        t = time.monotonic()
+        with torch.inference_mode(False), torch.no_grad():
+            model = mtq.quantize(model, qcfg, forward_loop)
+        record["calibration_seconds"] = time.monotonic() - t
+        record["amax"] = amax_summary(model)
+        mto.save(model, state)
+        del model
+    for kind in sorted(exports):
+        target = out_dir / kind
+        shutil.rmtree(target, ignore_errors=True)
+        if qcfg is None and kind == "unified":
+            _copy_checkpoint(src_dir, target)
+            continue
+        model = _load(src_dir, export_dtype, plan.device, plan.device_map, plan.max_memory)
+        if qcfg is not None:
+            mto.restore(model, state)
+        if kind == "unified":
+            from modelopt.torch.export import export_hf_checkpoint
+
+            export_hf_checkpoint(model, dtype=export_dtype, export_dir=target)
+            _copy_tokenizer(src_dir, target)
+        elif kind == "trtllm":
+            from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+            decoder = config.get("model_type", "llama")
+            export_tensorrt_llm_checkpoint(model, decoder, dtype=export_dtype, export_dir=target,
+                                           inference_tensor_parallel=tensor_parallel,
+                                           inference_pipeline_parallel=pipeline_parallel)
+            _copy_tokenizer(src_dir, target)
+        else:
+            raise QuantizeError(f"unknown export '{kind}'")
+        del model
+    record["seconds"] = time.monotonic() - start
+    record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    atomic.write_text(out_dir / "quantize.json", json.dumps(record, indent=2, sort_keys=True))
+    return record
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*", "__pycache__"))
