@@ -34,13 +34,21 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, dtype: str = "bfloat16") -> 
     """Dequantize a GGUF model with transformers and save it as safetensors plus its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    torch_dtype = getattr(torch, dtype)
+    hf_logging.disable_progress_bar()  # the stage shows its own progress
+
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader uses a bare tqdm
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch_dtype)
+        # dequantizing is fastest in float32; the saved checkpoint is cast to the asked dtype
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                     dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     except (ValueError, OSError, KeyError) as e:
         raise FetchError(f"{gguf_file}: transformers cannot convert it: {e}") from None
+    model = model.to(getattr(torch, dtype))
     # the weights are dequantized now; without this transformers refuses to save a "gguf-quantized" model
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):

@@ -100,7 +100,7 @@ def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, ar
         raise
     finally:
         # the summary is printed whatever happened, so CI can read how far the run got
-        rec = record or _latest_record(artifacts, loaded.recipe.name)
+        rec = record.summary() if record is not None else _latest_record(artifacts, loaded.recipe.name)
         if rec is not None:
             out.result(rec)
     out.human(f"[green]run {record.run_id} succeeded[/] in {record.summary()['seconds']:.1f}s")

@@ -70,6 +70,10 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
     import modelopt.torch.opt as mto
     import modelopt.torch.quantization as mtq
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # ModelOpt's exports make transformers warn about every scale tensor
 
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)

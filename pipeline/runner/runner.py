@@ -7,8 +7,11 @@ unfinished stage; every run leaves a record under artifacts/runs/.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +49,10 @@ class Runner:
     def __init__(self, loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"),
                  stages: Sequence[Stage] | None = None, reporter: Reporter | None = None) -> None:
         self.loaded = loaded
-        self.artifacts = artifacts
+        self.artifacts = artifacts.resolve()  # outputs are recorded as absolute paths
         self.stages = list(stages) if stages is not None else default_stages()
         self.reporter: Reporter = reporter or NullReporter()
-        self.cache = StageCache(artifacts)
+        self.cache = StageCache(self.artifacts)
         self.names = [s.name for s in self.stages]
 
     # ------------------------------------------------------------------ fingerprints
@@ -191,7 +194,11 @@ class Runner:
         self.reporter.stage_started(stage.name, fp, why)
         start = time.monotonic()
         try:
-            out = stage.run(ctx)
+            # libraries print (ModelOpt does): keep stdout for --json output only
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning)
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                out = stage.run(ctx)
         except BaseException as e:
             rec.status, rec.seconds = "failed", time.monotonic() - start
             rec.reason = e.one_line() if isinstance(e, TrtbuildError) else f"{type(e).__name__}: {e}"

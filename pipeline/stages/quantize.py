@@ -49,7 +49,7 @@ class QuantizeStage(Stage):
             record = quantize_checkpoint(
                 src, ctx.workdir / "out", algo=r.quantize.algo, kv_cache=r.quantize.kv_cache,
                 calibration=calib, exports=exports, tensor_parallel=r.target.tensor_parallel,
-                pipeline_parallel=r.target.pipeline_parallel,
+                pipeline_parallel=r.target.pipeline_parallel, dtype=r.source.dtype,
                 progress=lambda i, n: bar.update(completed=i, total=n),
             )
         outputs = {e: f"out/{e}" for e in exports}
