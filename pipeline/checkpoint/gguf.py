@@ -50,7 +50,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, dtype: str = "bfloat16") -> 
         raise FetchError(f"{gguf_file}: transformers cannot convert it: {e}") from None
     model = model.to(getattr(torch, dtype))
     # the weights are dequantized now; without this transformers refuses to save a "gguf-quantized" model
-    model.hf_quantizer = None  # type: ignore[assignment]
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with staged_dir(out_dir) as tmp:
