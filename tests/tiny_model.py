@@ -30,7 +30,8 @@ def make_tokenizer() -> Any:
                                    pad_token="</s>")
 
 
-def make_model(seed: int = 0, layers: int = 2, hidden: int = 64) -> Any:
+def make_model(seed: int = 0, layers: int = 2, hidden: int = 64, peaky: float = 1.0) -> Any:
+    """A random Llama; `peaky` scales lm_head so predictions are confident (top-1 is then a stable metric)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -38,10 +39,14 @@ def make_model(seed: int = 0, layers: int = 2, hidden: int = 64) -> Any:
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+    model = LlamaForCausalLM(cfg).eval()
+    if peaky != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(peaky)
+    return model
 
 
-def save_tiny_checkpoint(out: Path, seed: int = 0) -> Path:
-    make_model(seed).save_pretrained(out)
+def save_tiny_checkpoint(out: Path, seed: int = 0, peaky: float = 1.0) -> Path:
+    make_model(seed, peaky=peaky).save_pretrained(out)
     make_tokenizer().save_pretrained(out)
     return out

@@ -44,6 +44,50 @@ def unpack_nvfp4(packed: torch.Tensor, block_scale: torch.Tensor, global_scale: 
     return (vals.reshape(*scale.shape, block) * scale.unsqueeze(-1)).reshape(vals.shape)
 
 
+def activation_scales(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """module name -> input_scale (static activation scales the engine applies)."""
+    return {k.removesuffix(".input_scale"): v.float() for k, v in tensors.items() if k.endswith(".input_scale")}
+
+
+def kv_scales(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """k_proj/v_proj module name -> k_scale/v_scale."""
+    return {k.rsplit(".", 1)[0]: v.float() for k, v in tensors.items() if k.endswith((".k_scale", ".v_scale"))}
+
+
+def fp8_fake_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return ((x.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
+
+
+def emulate_activations(model: Any, algo: str | None, kv: str | None, inputs: dict[str, torch.Tensor],
+                        kv_out: dict[str, torch.Tensor]) -> int:
+    """Quantize what the engine quantizes at run time: Linear inputs, and K/V projections' outputs.
+
+    FP8 inputs use the static input_scale; NVFP4 inputs are quantized per 16-block with
+    input_scale as the global scale. K/V are quantized at the projection output (ModelOpt
+    quantizes after RoPE; for a per-tensor scale the difference is the rotation only).
+    """
+    from pipeline.quant.nvfp4_emu import nvfp4_fake_quant
+
+    hooks = 0
+    for name, module in model.named_modules():
+        scale = inputs.get(name)
+        if scale is not None and algo in ("FP8", "NVFP4"):
+            if algo == "FP8":
+                module.register_forward_pre_hook(lambda _m, a, s=scale: (fp8_fake_quant(a[0], s), *a[1:]))
+            else:
+                amax = scale * 6.0 * 448.0
+                module.register_forward_pre_hook(lambda _m, a, am=amax: (nvfp4_fake_quant(a[0], am), *a[1:]))
+            hooks += 1
+        kvs = kv_out.get(name)
+        if kvs is not None and kv == "FP8":
+            module.register_forward_hook(lambda _m, _a, out, s=kvs: fp8_fake_quant(out, s))
+            hooks += 1
+        elif kvs is not None and kv == "NVFP4":
+            module.register_forward_hook(lambda _m, _a, out, am=kvs * 6.0 * 448.0: nvfp4_fake_quant(out, am))
+            hooks += 1
+    return hooks
+
+
 def dequantize_state(tensors: dict[str, torch.Tensor], algo: str | None, where: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     scales = {k for k in tensors if k.endswith((".weight_scale", ".weight_scale_2"))}
@@ -69,8 +113,13 @@ def dequantize_state(tensors: dict[str, torch.Tensor], algo: str | None, where: 
     return out
 
 
-def load_unified(checkpoint_dir: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[Any, Any]:
-    """Load a unified checkpoint (quantized or not) as a dequantized model and its tokenizer."""
+def load_unified(checkpoint_dir: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                 activations: bool = True) -> tuple[Any, Any]:
+    """Load a unified checkpoint (quantized or not) as a dequantized model and its tokenizer.
+
+    With `activations`, Linear inputs and K/V are fake-quantized as the engine does at run time,
+    so the reference runtime shows the accuracy a TensorRT-LLM deployment would have.
+    """
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -85,8 +134,13 @@ def load_unified(checkpoint_dir: Path, *, dtype: torch.dtype = torch.float32, de
     if not files:
         raise QuantizeError(f"{checkpoint_dir}: no .safetensors files")
     state: dict[str, torch.Tensor] = {}
+    in_scales: dict[str, torch.Tensor] = {}
+    out_scales: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(dequantize_state(load_file(f), algo, str(f)))
+        raw = load_file(f)
+        in_scales.update(activation_scales(raw))
+        out_scales.update(kv_scales(raw))
+        state.update(dequantize_state(raw, algo, str(f)))
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {k: v.to(dtype) for k, v in state.items()}
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
@@ -99,6 +153,8 @@ def load_unified(checkpoint_dir: Path, *, dtype: torch.dtype = torch.float32, de
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     model = model.to(device).eval()
+    if activations:
+        emulate_activations(model, algo, kv, in_scales, out_scales)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
     return model, tokenizer
 
