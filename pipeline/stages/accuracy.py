@@ -44,7 +44,7 @@ class AccuracyStage(Stage):
         base_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
         baseline = ReferenceRuntime(base_model, tok, max_batch_size=r.build.max_batch_size,
                                     max_seq_len=r.build.max_seq_len).start()
-        candidate = load_runtime(bundle, verify=False)  # the build stage verified it
+        candidate = load_runtime(bundle, verify=False, activations=True)  # the build stage verified it
         try:
             seqs = textset.windows(tok, textset.load_text(cfg.text_set, ctx.loaded.path.parent),
                                    count=cfg.text_samples, length=cfg.text_seq_len)

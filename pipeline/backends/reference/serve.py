@@ -9,7 +9,13 @@ from pipeline.bundle import load_bundle
 from pipeline.errors import CompatibilityError
 
 
-def load_runtime(bundle_dir: Path, *, verify: bool = True) -> ReferenceRuntime:
+def load_runtime(bundle_dir: Path, *, verify: bool = True, activations: bool = False) -> ReferenceRuntime:
+    """Serve a reference bundle.
+
+    `activations` fake-quantizes Linear inputs and K/V as an engine does (see quant.loader). The
+    accuracy gate turns it on and scores one sequence at a time; serving leaves it off because
+    FP8 rounding at bin edges makes batched outputs differ from single runs.
+    """
     import torch
 
     from pipeline.quant.loader import load_unified
@@ -19,6 +25,6 @@ def load_runtime(bundle_dir: Path, *, verify: bool = True) -> ReferenceRuntime:
         raise CompatibilityError(f"{bundle_dir}: a {bundle.backend} bundle cannot be served by the reference runtime")
     rt = bundle.manifest["runtime"]
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[rt.get("dtype", "float32")]
-    model, tokenizer = load_unified(bundle_dir / rt["checkpoint"], dtype=dtype)
+    model, tokenizer = load_unified(bundle_dir / rt["checkpoint"], dtype=dtype, activations=activations)
     return ReferenceRuntime(model, tokenizer, max_batch_size=int(rt["max_batch_size"]),
                             max_seq_len=int(rt["max_seq_len"]), dtype=dtype).start()
