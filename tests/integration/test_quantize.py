@@ -127,7 +127,8 @@ def eval_batches(tokenizer: Any) -> list[torch.Tensor]:
     return load_calibration("builtin:pydoc", tokenizer, samples=8, seq_len=64, seed=99).batches
 
 
-def test_loader_matches_fake_quant_fp8(source: Path, quantized: dict[str, Path], eval_batches: list[torch.Tensor]) -> None:
+def test_loader_matches_fake_quant_fp8(source: Path, quantized: dict[str, Path],
+                                       eval_batches: list[torch.Tensor]) -> None:
     model, _ = load_unified(quantized["fp8"] / "unified")
     top1, err = compare(fake_quant(source, quantized["fp8"]), model, eval_batches)
     # measured: 1.0 and 1e-3 (logits range about 13)
@@ -174,7 +175,7 @@ def test_loader_refuses_unknown_format(quantized: dict[str, Path], tmp_path: Pat
     cfg = json.loads((d / "hf_quant_config.json").read_text())
     cfg["quantization"]["quant_algo"] = "W4A16_AWQ"
     (d / "hf_quant_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(QuantizeError, match="W4A16_AWQ .* is not supported by the CPU loader"):
+    with pytest.raises(QuantizeError, match=r"W4A16_AWQ .* is not supported by the CPU loader"):
         load_unified(d)
 
 
