@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.bundle import write_manifest
-from pipeline.errors import NotImplementedStageError
 from pipeline.recipe.hardware import GPUS
 from pipeline.recipe.load import LoadedRecipe
-from pipeline.recipe.schema import Executor
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
 from pipeline.util.hashing import iter_content_files
@@ -33,22 +31,39 @@ class BuildStage(Stage):
         return {"build": fields(r.build, exclude=IGNORED), "target": fields(r.target), "name": r.name,
                 "recipe_digest": loaded.digest}
 
-    def executor(self, loaded: LoadedRecipe) -> Executor | None:
-        b = loaded.recipe.build
-        return b.tensorrt.executor if b.backend == "tensorrt" else None
-
     def run(self, ctx: StageContext) -> StageOutput:
         r = ctx.recipe
         backend = r.build.backend
         bundle = ctx.workdir / "bundle"
         bundle.mkdir()
         quant = ctx.inputs["quantize"]
+        trt_version: str | None = None
+        trtllm_version: str | None = None
         if backend == "reference":
             runtime = build_reference(ctx, Path(quant.outputs["unified"]), bundle)
             verified: bool | str = "reference runtime loads the checkpoint at serve time"
+        elif backend == "tensorrt":
+            from pipeline.backends.tensorrt import build_engine
+
+            ckpt = Path(quant.outputs["trtllm"])
+            facts = build_engine(r, checkpoint_dir=ckpt, output_dir=bundle / "engine",
+                                 timing_cache=Path(r.build.tensorrt.timing_cache).resolve(),
+                                 log=ctx.workdir / "trtllm-build.log")
+            copy_tokenizer(ckpt, bundle / "tokenizer")
+            trtllm_version = facts.get("trtllm_version")
+            runtime = {"kind": "tensorrt", "engine": "engine", "tokenizer": "tokenizer", "engine_config": facts}
+            verified = "engine built by trtllm-build; loads are checked at publish"
         else:
-            raise NotImplementedStageError("build", f"backend '{backend}' is not wired into the build stage yet")
-        compat = compatibility_key(ctx.loaded, quant.summary, tensorrt=None, tensorrt_llm=None)
+            from pipeline.backends.pytorch import llm_api_options, warmup_load, write_options
+
+            link_tree(Path(quant.outputs["unified"]), bundle / "checkpoint")
+            options = llm_api_options(r)
+            write_options(bundle / "llm_api_options.yaml", options)
+            warm = warmup_load(bundle / "checkpoint", bundle / "llm_api_options.yaml")
+            trtllm_version = warm.get("tensorrt_llm") if warm else None
+            runtime = {"kind": "pytorch", "checkpoint": "checkpoint", "options": "llm_api_options.yaml"}
+            verified = bool(warm) or "not verified on a runtime (tensorrt_llm not importable here)"
+        compat = compatibility_key(ctx.loaded, quant.summary, tensorrt=trt_version, tensorrt_llm=trtllm_version)
         provenance = provenance_of(ctx)
         provenance["verified_on_runtime"] = verified
         bundle_id = write_manifest(bundle, name=r.name, backend=backend, provenance=provenance,
@@ -123,6 +138,15 @@ def link_tree(src: Path, dst: Path) -> None:
             os.link(f, target)
         except OSError:
             shutil.copy2(f, target)
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    from pipeline.quant.quantize import TOKENIZER_FILES
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
 
 
 def read_json(path: Path) -> dict[str, Any]:
