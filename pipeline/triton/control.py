@@ -79,10 +79,10 @@ class ModelControl:
         if config is not None:
             text = config if isinstance(config, str) else json.dumps(config)
             body["parameters"] = {"config": text}
+        url = self.url + self._path("/v2/repository/models/{}/load", name)
         t0 = time.monotonic()
         try:
-            status, data = _http.request("POST", self._path("/v2/repository/models/{}/load", name),
-                                         body=body, timeout=timeout)
+            status, data = _http.request("POST", url, body=body, timeout=timeout)
         except _http.HTTPTimeoutError as e:
             raise ModelLoadError(
                 f"loading model '{name}' did not finish in {timeout:g}s; the server may still be "
@@ -99,10 +99,9 @@ class ModelControl:
         """Unload every version of `name`. Returns once Triton accepted it (in-flight requests
         finish first, on the server's side)."""
         body = {"parameters": {"unload_dependents": unload_dependents}}
+        url = self.url + self._path("/v2/repository/models/{}/unload", name)
         try:
-            status, data = _http.request(
-                "POST", self._path("/v2/repository/models/{}/unload", name), body=body,
-                timeout=timeout)
+            status, data = _http.request("POST", url, body=body, timeout=timeout)
         except (_http.HTTPTimeoutError, _http.HTTPUnreachableError) as e:
             raise ServiceError(f"unloading model '{name}': {e}") from e
         if status != 200:
