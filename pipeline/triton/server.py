@@ -17,7 +17,8 @@ input tensor with stride 0 (INT32 [1, 2, 3] arrives as [1, 1, 1]), crashes on BY
 rejects every output ("output tensor shape does not match size"). When this interpreter has
 numpy >= 2, locate_tritonserver gives the stub its own small venv (cached): numpy<2 installed
 with pip, then this environment's site-packages chained after it, so models still import
-torch, transformers and this package. Pass stub_numpy1=False to skip that.
+torch, transformers and this package; it also stops the stub writing __pycache__ into model
+version directories. Pass stub_numpy1=False to skip that.
 
     install = locate_tritonserver(None)
     with TritonServer(install).start(repo, load=["llm"]) as server:
@@ -57,6 +58,7 @@ from pipeline.util.proc import stop_process_group
 SHM_DIR = Path("/dev/shm")  # noqa: S108 - where the python backend puts its regions
 SHM_PREFIX = "triton_python_backend_shm_region_"
 STUB_NUMPY_SPEC = "numpy<2"
+_STUB_ENV_FORMAT = 2  # bump when ensure_stub_env builds something different
 _SHM_RE = re.compile(re.escape(f"{SHM_DIR}/") + "(" + SHM_PREFIX + r"[A-Za-z0-9_.-]+)")
 _PORT_CLASH = re.compile(r"already in use|Address in use|EADDRINUSE", re.IGNORECASE)
 _WHEEL_INSTALL_HINT = ("pass the path of a tritonserver binary, run inside the Triton container, "
@@ -212,7 +214,8 @@ def ensure_stub_env(cache: Path, *, timeout: float = 600.0) -> Path:
 
     py = _py_tag()
     bases = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    tag = hashlib.sha256(json.dumps([sys.prefix, bases]).encode()).hexdigest()[:12]
+    key = json.dumps([_STUB_ENV_FORMAT, sys.prefix, bases])
+    tag = hashlib.sha256(key.encode()).hexdigest()[:12]
     final = cache / f"stub-env-py{py}-{tag}"
     marker = final / "trtbuild-stub-env.json"
     if marker.is_file():
@@ -229,9 +232,12 @@ def ensure_stub_env(cache: Path, *, timeout: float = 600.0) -> Path:
                   "--no-deps", "--target", str(sitedir), STUB_NUMPY_SPEC], timeout,
                  f"install {STUB_NUMPY_SPEC} for the python backend stub")
             # Lines starting with `import` run at startup: chain the base environment after
-            # the stub's own numpy, .pth files (editable installs) included.
+            # the stub's own numpy, .pth files (editable installs) included. The stub ignores
+            # PYTHON* variables, so bytecode writing is turned off here: otherwise the stub
+            # leaves __pycache__ in model version directories, which are content.
             (sitedir / "zz_trtbuild_base_env.pth").write_text(
-                "".join(f"import site; site.addsitedir({b!r})\n" for b in bases))
+                "import sys; sys.dont_write_bytecode = True\n"
+                + "".join(f"import site; site.addsitedir({b!r})\n" for b in bases))
             numpy_dist = sorted(sitedir.glob("numpy-*.dist-info"))
             (tmp / marker.name).write_text(json.dumps({
                 "python": sys.version, "base_prefix": sys.prefix, "base_sites": bases,

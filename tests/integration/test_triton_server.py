@@ -28,7 +28,8 @@ def _stubs_of(pgid: int) -> list[int]:
     return server_mod._group_pids(pgid)
 
 
-def test_start_serve_stop_cleans_everything(tmp_path: Path, start_triton: StartTriton) -> None:
+def test_start_serve_stop_cleans_everything(tmp_path: Path, start_triton: StartTriton,
+                                            triton_install: TritonInstall) -> None:
     write_echo_model(tmp_path)
     t0 = time.monotonic()
     server = start_triton(tmp_path, load=["echo"])
@@ -49,6 +50,8 @@ def test_start_serve_stop_cleans_everything(tmp_path: Path, start_triton: StartT
     assert not any((SHM_DIR / r).exists() for r in regions)
     assert log is not None and b"Started HTTPService" in log.read_bytes()
     assert started_s < 30
+    if triton_install.stub_bin_dir and "stub-env" in str(triton_install.stub_bin_dir):
+        assert not list(tmp_path.rglob("__pycache__")), "version directories stay clean"
 
 
 def test_killed_server_is_reported_with_log_tail_and_cleaned_up(
