@@ -63,8 +63,8 @@ class SwitchError(ServiceError):
                  serving: list[int] | None, hint: str | None = None) -> None:
         self.model = model
         self.version = version
-        self.reason = reason  # "load", "timeout", "not-ready", "smoke"
-        self.restored = restored
+        self.reason = reason  # "load", "timeout", "error", "not-ready", "smoke"
+        self.restored = restored  # the previous config reloaded (its bytes are always back)
         self.serving = serving
         super().__init__(message, hint=hint)
 
@@ -118,6 +118,8 @@ def switch_version(control: ModelControl, repository: Path, model: str, version:
         except BaseException as e:
             if isinstance(e, ModelLoadError) and e.timed_out:
                 stage = "timeout"
+            elif stage == "load" and not isinstance(e, ModelLoadError):
+                stage = "error"
             _restore(control, repo, model, version, cfg_path=cfg_path, old_bytes=old_bytes,
                      mode=mode, cause=e, reason=stage, restore_timeout=restore_timeout,
                      kill_hung_stubs=kill_hung_stubs)
@@ -133,13 +135,19 @@ def _restore(control: ModelControl, repo: Path, model: str, version: int, *, cfg
     killed: list[int] = []
     if reason == "timeout" and kill_hung_stubs:
         killed = kill_stubs(repo / model / str(version))
-    restored = True
+    restored = False
     note = ""
-    try:
-        control.load(model, timeout=restore_timeout)
-    except ServiceError as e:
-        restored = False
-        note = f"; reloading the previous config failed too: {e}"
+    if reason == "timeout" and not killed:
+        # The hung load is still pending in Triton and a reload would queue behind it. The
+        # previous version was never unloaded (the new one never became ready), so it serves.
+        note = (f"; Triton is still loading version {version} and will switch to it if that "
+                "load ever finishes: restart the server to cancel it")
+    else:
+        try:
+            control.load(model, timeout=restore_timeout)
+            restored = True
+        except ServiceError as e:
+            note = f"; reloading the previous config failed too: {e}"
     serving: list[int] | None
     try:
         serving = control.ready_versions(model)
@@ -148,11 +156,10 @@ def _restore(control: ModelControl, repo: Path, model: str, version: int, *, cfg
     if not isinstance(cause, Exception):
         return  # KeyboardInterrupt, SystemExit: restored, let it propagate
     what = {"timeout": "load timed out", "load": "Triton refused the new version",
-            "not-ready": "new version did not become ready", "smoke": "smoke check failed"}[reason]
+            "error": "load request failed", "not-ready": "new version did not become ready",
+            "smoke": "smoke check failed"}[reason]
     if killed:
         note += f"; killed hung stub process(es) {killed}"
-    elif reason == "timeout":
-        note += "; the server may still be loading it (later loads of this model wait for it)"
     raise SwitchError(
         f"switch of model '{model}' to version {version} failed ({what}: {cause}); "
         f"config.pbtxt restored, serving versions {serving}{note}",

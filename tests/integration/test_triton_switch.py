@@ -123,6 +123,26 @@ def test_hanging_load_is_bounded_and_recovered(tmp_path: Path, start_triton: Sta
     assert _runs(load.snapshot(), "http") == [1, 2]
 
 
+def test_hanging_load_without_stub_kill_is_reported(
+        tmp_path: Path, start_triton: StartTriton) -> None:
+    """What a stub that never starts looks like (nothing on this host to kill): the switch
+    returns after its timeout, not after restore_timeout, and the old version keeps serving."""
+    server, control, client = _setup(tmp_path, start_triton)
+    cfg = tmp_path / "echo" / "config.pbtxt"
+    before = cfg.read_bytes()
+    t0 = time.monotonic()
+    with pytest.raises(SwitchError, match="restart the server") as err:
+        switch_version(control, tmp_path, "echo", 4, timeout=2, restore_timeout=60,
+                       kill_hung_stubs=False)
+    assert time.monotonic() - t0 < 6
+    assert err.value.reason == "timeout" and not err.value.restored and err.value.serving == [1]
+    assert cfg.read_bytes() == before
+    assert client.stream("echo", "still here").model_version == 1
+    t0 = time.monotonic()
+    server.stop()  # a server with a hung load still stops, within its exit timeout + kill
+    assert time.monotonic() - t0 < 15
+
+
 def test_failed_smoke_restores_previous_version(tmp_path: Path, start_triton: StartTriton) -> None:
     _, control, client = _setup(tmp_path, start_triton)
     cfg = tmp_path / "echo" / "config.pbtxt"
