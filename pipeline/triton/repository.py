@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 
 from pipeline.bundle import Bundle
 from pipeline.errors import TrtbuildError
+from pipeline.triton import pbtxt
 from pipeline.util import atomic
 from pipeline.util.hashing import iter_content_files
 
 MODEL_SHIM = '''"""Written by trtbuild: the reference backend's Triton python model."""
 from pipeline.backends.reference.triton_model import TritonPythonModel  # noqa: F401
 '''
-PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
 
 # inputs and outputs with the names of TensorRT-LLM's inflight_batcher_llm ensemble
 ENSEMBLE_INPUTS: list[tuple[str, str, list[int], bool]] = [
@@ -52,25 +51,11 @@ class RepositoryError(TrtbuildError):
 
 def render_config(config: dict[str, Any]) -> str:
     """dict (ModelConfig JSON field names) -> config.pbtxt text; refuses unknown fields and placeholders."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    try:
-        msg = json_format.ParseDict(config, model_config_pb2.ModelConfig())
-    except json_format.ParseError as e:
-        raise RepositoryError(f"config for model '{config.get('name')}': {e}") from None
-    text = text_format.MessageToString(msg)
-    found = PLACEHOLDER.findall(text)
-    if found:
-        raise RepositoryError(f"config for model '{config.get('name')}' still has placeholders: {found}")
-    return str(text)
+    return pbtxt.render_pbtxt(config)
 
 
 def parse_config(text: str) -> Any:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+    return pbtxt.parse_pbtxt(text)
 
 
 def reference_config(name: str, bundle: Bundle, *, versions: list[int], instances: int = 1) -> dict[str, Any]:

@@ -141,10 +141,7 @@ def _install_for(binary: Path, source: Literal["explicit", "path", "wheel"], cac
     root = binary.resolve().parent.parent
     if (root / "python_backend_stubs").is_dir() and (root / "backends" / "python").is_dir():
         backend_dir = prepare_backend_dir(root, cache)
-        if stub_numpy1 and _numpy_major() >= 2:
-            stub_bin = ensure_stub_env(cache)
-        else:
-            stub_bin = Path(sys.executable).parent
+        stub_bin = ensure_stub_env(cache) if stub_numpy1 and _numpy_major() >= 2 else Path(sys.executable).parent
         libdir = sysconfig.get_config_var("LIBDIR")
         return TritonInstall(binary=binary, source=source, backend_dir=backend_dir,
                              stub_bin_dir=stub_bin, lib_dir=Path(libdir) if libdir else None)

@@ -1,0 +1,93 @@
+"""serve, publish, rollback: Triton model repositories and a local tritonserver."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from pipeline.cli import common
+from pipeline.cli.output import Output
+
+REPO = click.option("--repository", type=click.Path(path_type=Path), default=Path("triton_repo"), show_default=True,
+                    envvar="TRTBUILD_TRITON_REPO", help="Triton model repository.")
+SERVER = click.option("--server-url", envvar="TRTBUILD_TRITON_URL", default=None,
+                      help="Triton HTTP URL to switch live (default: $TRTBUILD_TRITON_URL; none: files only).")
+
+
+@click.command()
+@REPO
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--tritonserver", "binary", type=click.Path(path_type=Path), help="tritonserver binary to use.")
+@common
+def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: Path | None, json_mode: bool) -> None:
+    """Start tritonserver on a model repository (explicit model control) until interrupted."""
+    from pipeline.triton.repository import ModelDir
+    from pipeline.triton.server import TritonServer, locate_tritonserver
+
+    out = Output(json_mode=json_mode)
+    models = [p.name for p in sorted(repository.iterdir()) if (p / "config.pbtxt").is_file()] \
+        if repository.is_dir() else []
+    install = locate_tritonserver(binary)
+    server = TritonServer(install, log_path=Path("artifacts/logs/tritonserver.log"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server.start(repository.resolve(), http_port=http_port, grpc_port=grpc_port, host=host, load=models):
+        info = {"http_url": server.http_url, "grpc_url": server.grpc_url, "pid": server.pid,
+                "models": {m: ModelDir(repository / m).served_versions() for m in models}}
+        out.result(info)
+        out.human(f"[green]tritonserver ready[/] http {server.http_url} grpc {server.grpc_url}; models {models}")
+        out.human("Ctrl-C stops it (SIGTERM, then SIGKILL of its process group, then shm cleanup)")
+        try:
+            while not stop.wait(1.0):
+                server.ensure_running()
+        except KeyboardInterrupt:
+            pass
+    out.human("tritonserver stopped")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--model", required=True, help="Triton model name.")
+@REPO
+@SERVER
+@click.option("--keep", type=int, default=3, show_default=True, help="Version directories kept on disk.")
+@click.option("--target", help="Runtime to check the bundle against (default: this host).")
+@common
+def publish(bundle: Path, model: str, repository: Path, server_url: str | None, keep: int, target: str | None,
+            json_mode: bool) -> None:
+    """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
+    from pipeline.bundle import detect_runtime, facts_for_target
+    from pipeline.triton.publish import publish_bundle
+
+    out = Output(json_mode=json_mode)
+    facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
+    res = publish_bundle(bundle, repository, model, facts=facts, keep=keep, server_url=server_url)
+    out.result(res.to_json())
+    out.human(f"published {model} version {res.version} (bundle {res.bundle_id[:12]})"
+              + (" and switched the server" if res.switched else ""))
+
+
+@click.command()
+@click.argument("model")
+@click.option("--to", "to_version", type=int, help="Version to serve (default: the previous one).")
+@REPO
+@SERVER
+@common
+def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, json_mode: bool) -> None:
+    """Serve the previous (or --to) version of MODEL again, through load, ready and smoke."""
+    from pipeline.triton.publish import rollback as do_rollback
+
+    out = Output(json_mode=json_mode)
+    res = do_rollback(repository, model, server_url=server_url, to=to_version)
+    out.result(res.to_json())
+    out.human(f"{model}: serving version {res.version} (was {res.previous})")
+
+
+def register(group: click.Group) -> None:
+    for cmd in (serve, publish, rollback):
+        group.add_command(cmd)
