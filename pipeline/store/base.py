@@ -21,7 +21,7 @@ import os
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -141,8 +141,8 @@ def hash_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def verify_local_bundle(bundle_dir: Path, manifest: Manifest) -> None:
-    """Every listed file has its size and sha256, and nothing unlisted is there."""
+def check_local_layout(bundle_dir: Path, manifest: Manifest) -> None:
+    """Cheap checks first: every listed file is there with its size, nothing unlisted is."""
     listed = {f.path for f in manifest.files}
     for p in iter_content_files(bundle_dir):
         rel = p.relative_to(bundle_dir).as_posix()
@@ -151,8 +151,7 @@ def verify_local_bundle(bundle_dir: Path, manifest: Manifest) -> None:
                 f"{bundle_dir}: {rel} is not listed in {MANIFEST}; a bundle is immutable: "
                 "rebuild it (or remove the stray file)"
             )
-
-    def check(entry: FileEntry) -> None:
+    for entry in manifest.files:
         p = bundle_dir / entry.path
         if not p.is_file():
             raise IntegrityError(f"{bundle_dir}: {entry.path} is missing (listed in {MANIFEST})")
@@ -162,14 +161,21 @@ def verify_local_bundle(bundle_dir: Path, manifest: Manifest) -> None:
                 f"{bundle_dir}: {entry.path} has {size} bytes, {MANIFEST} says {entry.size}; "
                 "the bundle changed after it was built: rebuild it"
             )
-        if sha256_file(p) != entry.sha256:
-            raise IntegrityError(
-                f"{bundle_dir}: {entry.path} does not match its sha256 in {MANIFEST}; "
-                "the bundle changed after it was built: rebuild it"
-            )
 
+
+def check_local_file(bundle_dir: Path, entry: FileEntry) -> None:
+    if sha256_file(bundle_dir / entry.path) != entry.sha256:
+        raise IntegrityError(
+            f"{bundle_dir}: {entry.path} does not match its sha256 in {MANIFEST}; "
+            "the bundle changed after it was built: rebuild it"
+        )
+
+
+def verify_local_bundle(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every listed file has its size and sha256, and nothing unlisted is there."""
+    check_local_layout(bundle_dir, manifest)
     with ThreadPoolExecutor(hash_workers(), thread_name_prefix="verify") as pool:
-        for fut in [pool.submit(check, e) for e in manifest.files]:
+        for fut in [pool.submit(check_local_file, bundle_dir, e) for e in manifest.files]:
             fut.result()
 
 
@@ -242,10 +248,15 @@ class BundleStore(ABC):
 
     # ---- public API
     def put(self, bundle_dir: Path, progress: TransferProgress | None = None) -> StoredBundle:
-        """Store a bundle directory: verify it, upload what is missing, write the manifest last."""
+        """Store a bundle directory: verify it, upload what is missing, write the manifest last.
+
+        Each file's sha256 is checked before that file goes up; hashing runs ahead of the upload
+        in a thread pool, so verification overlaps the transfer instead of preceding all of it.
+        A bundle whose manifest is already stored is a no-op (nothing is read or written).
+        """
         bundle_dir = Path(bundle_dir)
         manifest = read_local_manifest(bundle_dir)
-        verify_local_bundle(bundle_dir, manifest)
+        check_local_layout(bundle_dir, manifest)
         self._preflight("put")
         uri = self.uri_for(manifest.id)
         if self._manifest_exists(manifest.id):
@@ -254,7 +265,26 @@ class BundleStore(ABC):
         missing = [f for f in manifest.files if f.path not in present]
         prog = progress or _NoProgress()
         prog.start(sum(f.size for f in missing), f"put {manifest.name or manifest.id[:12]}")
-        self._upload_files(bundle_dir, manifest.id, missing, prog)
+        pool = ThreadPoolExecutor(hash_workers(), thread_name_prefix="verify")
+        try:
+            # Missing files first: their uploads start as soon as each one is verified.
+            checks = [(f, pool.submit(check_local_file, bundle_dir, f)) for f in missing]
+            rest = [
+                pool.submit(check_local_file, bundle_dir, f)
+                for f in manifest.files
+                if f.path in present
+            ]
+
+            def verified() -> Iterator[FileEntry]:
+                for entry, fut in checks:
+                    fut.result()
+                    yield entry
+
+            self._upload_files(bundle_dir, manifest.id, verified(), prog)
+            for fut in rest:
+                fut.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         created = self._write_manifest(manifest.id, manifest.data)
         return StoredBundle(
             uri,
@@ -334,9 +364,10 @@ class BundleStore(ABC):
         self,
         bundle_dir: Path,
         bundle_id: str,
-        files: builtins.list[FileEntry],
+        files: Iterable[FileEntry],
         progress: TransferProgress,
-    ) -> None: ...
+    ) -> None:
+        """Upload `files`, consumed lazily: each one is yielded once its sha256 is verified."""
 
     @abstractmethod
     def _write_manifest(self, bundle_id: str, data: bytes) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -109,7 +109,11 @@ class FileBundleStore(BundleStore):
         return {f.path for f, good in zip(files, flags, strict=True) if good}
 
     def _upload_files(
-        self, bundle_dir: Path, bundle_id: str, files: list[FileEntry], progress: TransferProgress
+        self,
+        bundle_dir: Path,
+        bundle_id: str,
+        files: Iterable[FileEntry],
+        progress: TransferProgress,
     ) -> None:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="store-put") as pool:
             futs = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -293,10 +293,12 @@ class S3BundleStore(BundleStore):
         return {f.path for f, ok in zip(candidates, flags, strict=True) if ok}
 
     def _upload_files(
-        self, bundle_dir: Path, bundle_id: str, files: list[FileEntry], progress: TransferProgress
+        self,
+        bundle_dir: Path,
+        bundle_id: str,
+        files: Iterable[FileEntry],
+        progress: TransferProgress,
     ) -> None:
-        if not files:
-            return
         sub = _Progress(progress).subscriber
         with self._errors("put"), self._manager() as mgr:
             futures = [

@@ -135,7 +135,7 @@ def test_put_verifies_local_files_first(store: FileBundleStore, bundle: tuple[Pa
     (src / "config.json").write_bytes(b'{"a": 3}')
     with pytest.raises(IntegrityError, match=r"config\.json does not match"):
         store.put(src)
-    assert not (store.root / "bundles" / bid).exists()
+    assert not store.exists(bid)
 
 
 def test_put_refuses_unlisted_files(store: FileBundleStore, bundle: tuple[Path, str]) -> None:
@@ -228,3 +228,24 @@ def test_stored_files_are_read_only(store: FileBundleStore, bundle: tuple[Path, 
     mode = (store.root / "bundles" / bid / "manifest.json").stat().st_mode & 0o777
     assert mode == 0o444
     assert json.loads((store.root / "bundles" / bid / "manifest.json").read_bytes())["files"]
+
+
+def test_rich_progress_adapter(
+    store: FileBundleStore, bundle: tuple[Path, str], tmp_path: Path
+) -> None:
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from pipeline.store import RichTransferProgress
+
+    src, bid = bundle
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        store.put(src, progress=RichTransferProgress(progress))
+        store.get(bid, tmp_path / "out", progress=RichTransferProgress(progress))
+    tasks = progress.tasks
+    total = sum(len(v) for v in FILES.values())
+    assert [t.total for t in tasks] == [total, total]
+    assert [t.completed for t in tasks] == [total, total]
+    assert tasks[0].description == "put test-bundle"
