@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.recipe.load import LoadedRecipe
-from pipeline.runner.stage import Stage
+from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
 
 
@@ -18,3 +19,52 @@ class ReleaseStage(Stage):
 
     def enabled(self, loaded: LoadedRecipe) -> bool:
         return loaded.recipe.release.enabled
+
+    def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
+        from pipeline.store import open_store
+
+        if not open_store(ctx.recipe.release.store).exists(str(result.summary.get("bundle_id"))):
+            return "the bundle is no longer in the store"
+        return None
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        from pipeline.registry.mlflow_registry import open_registry
+        from pipeline.store import open_store
+
+        r = ctx.recipe.release
+        bundle_dir = Path(ctx.inputs["build"].outputs["bundle"])
+        bundle_id = str(ctx.inputs["build"].summary["bundle_id"])
+        store = open_store(r.store, concurrency=r.upload_concurrency)
+        stored = store.put(bundle_dir)
+        ctx.reporter.info(f"stored bundle {bundle_id[:12]} at {stored.uri} ({stored.uploaded_bytes} bytes uploaded, "
+                          f"{stored.skipped_files} files already there)")
+        gates = {name: ctx.inputs[name].passed for name in ("accuracy", "throughput")
+                 if name in ctx.inputs and ctx.inputs[name].passed is not None}
+        registry = open_registry(r.registry)
+        # the declared recipe: environment values (endpoints, secrets) never reach MLflow
+        with registry.start_run(r.experiment, ctx.recipe.name, params=ctx.loaded.declared,
+                                tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest}) as run:
+            metrics: dict[str, float] = {}
+            for name in ("accuracy", "throughput"):
+                res = ctx.inputs.get(name)
+                if res is not None:
+                    metrics.update({f"{name}.{k}": float(v) for k, v in (res.summary.get("metrics") or {}).items()
+                                    if isinstance(v, int | float)})
+                    for f in res.dir.glob(f"{name}*"):
+                        run.log_artifact(f, "gates")
+                    for f in res.dir.glob("*.png"):
+                        run.log_artifact(f, "gates")
+            if metrics:
+                run.log_metrics(metrics)
+            run.log_artifact(bundle_dir / "manifest.json", "bundle")
+            run.log_artifact(ctx.loaded.path, "recipe")
+            git = (ctx.inputs["build"].summary.get("provenance") or {}).get("git_commit")
+            version = registry.register_bundle(
+                r.model_name, stored.uri, bundle_id, run_id=run.run_id,
+                tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest, "git_commit": git or "",
+                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()}})
+            registry.set_alias(r.model_name, r.alias, version)
+        ctx.reporter.info(f"registered {r.model_name} version {version} with alias '{r.alias}'")
+        return StageOutput(outputs={"bundle_uri": stored.uri},
+                           summary={"bundle_id": bundle_id, "store_uri": stored.uri, "model": r.model_name,
+                                    "version": version, "alias": r.alias, "run_id": run.run_id})

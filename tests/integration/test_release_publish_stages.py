@@ -1,0 +1,70 @@
+"""fetch -> quantize -> build -> release -> publish through the runner, gates disabled:
+file:// store, MLflow over sqlite, a Triton repository on disk. Secrets never reach MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.registry.mlflow_registry import open_registry
+from pipeline.triton.repository import ModelDir
+from tests.conftest import ROOT
+from tests.tiny_model import save_tiny_checkpoint
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cr3t-value-planted-by-the-test"  # noqa: S105
+
+
+def test_release_and_publish(tmp_path: Path) -> None:
+    save_tiny_checkpoint(tmp_path / "src")
+    recipe = {
+        "name": "tiny-release", "description": "token ${SECRET_TOKEN}", "source": {"path": "src", "dtype": "float32"}, "target": {"gpu": "cpu"},
+        "quantize": {"algo": "fp8", "kv_cache": "fp8", "calibration": {"samples": 4, "seq_len": 32}},
+        "build": {"backend": "reference", "max_batch_size": 4, "max_seq_len": 256, "max_num_tokens": 512},
+        "gates": {"accuracy": {"enabled": False}, "throughput": {"enabled": False}},
+        "release": {"model_name": "tiny-release", "store": "${STORE}", "registry": "${REGISTRY}"},
+        "publish": {"repository": str(tmp_path / "repo"), "model_name": "tiny", "server_url": ""},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "STORE": f"file://{tmp_path / 'store'}", "REGISTRY": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "SECRET_TOKEN": SECRET}
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", "run", str(tmp_path / "r.yaml"), "--json",
+                        "--artifacts", str(tmp_path / "artifacts")], capture_output=True, text=True, cwd=ROOT,
+                       env=env, check=False, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    st = {s["name"]: s for s in summary["stages"]}
+    assert st["release"]["status"] == "done" and st["publish"]["status"] == "done"
+    assert st["accuracy"]["status"] == "skipped"
+    # the store holds the bundle under its digest, manifest last
+    bundle_id = json.loads((tmp_path / "artifacts/runs").glob("*.json").__next__().read_text())["stages"][2][
+        "summary"]["bundle_id"]
+    assert (tmp_path / "store" / "bundles" / bundle_id / "manifest.json").is_file()
+    # MLflow: a version with alias candidate, source = the store URI, tagged with the digest
+    reg = open_registry(env["REGISTRY"])
+    versions = reg.list_versions("tiny-release")
+    assert len(versions) == 1 and "candidate" in versions[0]["aliases"]
+    assert versions[0]["digest"] == bundle_id and versions[0]["source"].startswith("file://")
+    # Triton repository: version 1 with the bundle, served
+    md = ModelDir(tmp_path / "repo" / "tiny")
+    assert md.versions() == [1] and md.served_versions() == [1] and md.bundle_id(1) == bundle_id
+    # the secret from the environment is nowhere: stdout, stderr, run records, MLflow's database
+    assert SECRET not in r.stdout and SECRET not in r.stderr
+    for p in (tmp_path / "artifacts" / "runs").glob("*.json"):
+        assert SECRET not in p.read_text()
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    for (table,) in db.execute("select name from sqlite_master where type='table'").fetchall():
+        assert SECRET not in json.dumps(db.execute(f"select * from {table}").fetchall(), default=str)  # noqa: S608
+    # a second run: every stage skipped (publish still valid, bundle still stored)
+    again = subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", "run", str(tmp_path / "r.yaml"), "--json",
+                            "--artifacts", str(tmp_path / "artifacts")], capture_output=True, text=True, cwd=ROOT,
+                           env=env, check=False, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {s["status"] for s in json.loads(again.stdout)["stages"]} == {"skipped"}
