@@ -77,15 +77,31 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 @click.option("--to", "to_version", type=int, help="Version to serve (default: the previous one).")
 @REPO
 @SERVER
+@click.option("--registry", "registry", default=None, is_flag=False, flag_value="env",
+              help="Also move MLflow's 'production' alias back (URI, or bare for $MLFLOW_TRACKING_URI).")
+@click.option("--triton/--no-triton", default=True, help="Switch the Triton repository back (default on).")
 @common
-def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, json_mode: bool) -> None:
+def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, registry: str | None,
+             triton: bool, json_mode: bool) -> None:
     """Serve the previous (or --to) version of MODEL again, through load, ready and smoke."""
+    import os
+
     from pipeline.triton.publish import rollback as do_rollback
 
     out = Output(json_mode=json_mode)
-    res = do_rollback(repository, model, server_url=server_url, to=to_version)
-    out.result(res.to_json())
-    out.human(f"{model}: serving version {res.version} (was {res.previous})")
+    result: dict[str, object] = {"model": model}
+    if registry is not None:
+        from pipeline.registry.mlflow_registry import open_registry
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///artifacts/mlflow.db") if registry == "env" else registry
+        was, now = open_registry(uri).rollback(model)
+        result["registry"] = {"from": was, "to": now}
+        out.human(f"{model}: production alias {was} -> {now}")
+    if triton:
+        res = do_rollback(repository, model, server_url=server_url, to=to_version)
+        result["triton"] = res.to_json()
+        out.human(f"{model}: serving version {res.version} (was {res.previous})")
+    out.result(result)
 
 
 def register(group: click.Group) -> None:

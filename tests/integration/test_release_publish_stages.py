@@ -68,3 +68,23 @@ def test_release_and_publish(tmp_path: Path) -> None:
                            env=env, check=False, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {s["status"] for s in json.loads(again.stdout)["stages"]} == {"skipped"}
+
+
+def test_promote_list_rollback_cli(tmp_path: Path) -> None:
+    reg_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    reg = open_registry(reg_uri)
+    for i in (1, 2):
+        reg.register_bundle("m", f"file://{tmp_path}/store/bundles/{i:064x}", f"{i:064x}")
+
+    def cli(*args: str) -> dict[str, object]:
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", *args, "--json"], capture_output=True,
+                           text=True, cwd=ROOT, check=False, env={**os.environ, "MLFLOW_TRACKING_URI": reg_uri})
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    assert cli("promote", "m", "--version", "1")["production"] == 1
+    assert cli("promote", "m", "--version", "2") == {"model": "m", "previous": 1, "production": 2}
+    rows = cli("list", "m")["versions"]
+    assert {r["version"]: r["aliases"] for r in rows} == {1: [], 2: ["production"]}  # type: ignore[index, union-attr]
+    back = cli("rollback", "m", "--registry", reg_uri, "--no-triton")
+    assert back["registry"] == {"from": 2, "to": 1}

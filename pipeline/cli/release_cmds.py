@@ -1,0 +1,100 @@
+"""local up|down|status, promote, list: the release side (SeaweedFS, MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli import common
+from pipeline.cli.output import Output
+
+ROOT = click.option("--root", type=click.Path(path_type=Path), default=Path("artifacts/local"), show_default=True,
+                    help="Where local services keep their data, logs and env file.")
+REGISTRY = click.option("--registry", envvar="MLFLOW_TRACKING_URI", default="sqlite:///artifacts/mlflow.db",
+                        show_default=True, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI).")
+
+
+@click.group()
+def local() -> None:
+    """Local SeaweedFS (S3) and MLflow server for the pipeline, on loopback."""
+
+
+@local.command()
+@ROOT
+@common
+def up(root: Path, json_mode: bool) -> None:
+    """Start (or keep) the services; print the environment other commands read."""
+    from pipeline.local.services import local_up
+
+    out = Output(json_mode=json_mode)
+    env = local_up(root)
+    out.result({k: ("***" if "SECRET" in k else v) for k, v in env.items()})
+    out.human(f"[green]local services up[/]: S3 {env['AWS_ENDPOINT_URL_S3']}, MLflow {env['MLFLOW_TRACKING_URI']}")
+    out.human(f"load the environment with: set -a; . {root / 'local.env'}; set +a")
+
+
+@local.command()
+@ROOT
+@common
+def down(root: Path, json_mode: bool) -> None:
+    """Stop the services this root started (and nothing else)."""
+    from pipeline.local.services import local_down
+
+    out = Output(json_mode=json_mode)
+    res = local_down(root)
+    out.result(res)
+    out.human(", ".join(f"{k}: {v}" for k, v in res.items()) or "nothing was running")
+
+
+@local.command()
+@ROOT
+@common
+def status(root: Path, json_mode: bool) -> None:
+    """Which services run and answer."""
+    from pipeline.local.services import local_status
+
+    out = Output(json_mode=json_mode)
+    st = local_status(root)
+    out.result(st)
+    for name in ("seaweed", "mlflow"):
+        s = st.get(name) or {}
+        out.human(f"{name}: {'running' if s.get('running') else 'stopped'}"
+                  f"{', healthy' if s.get('healthy') else ''} {s.get('url') or s.get('endpoint') or ''}")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--version", "version", type=int, help="Version to promote (default: the 'candidate' alias).")
+@REGISTRY
+@common
+def promote(model: str, version: int | None, registry: str, json_mode: bool) -> None:
+    """Point the 'production' alias at a version; the previous one is recorded for rollback."""
+    from pipeline.registry.mlflow_registry import open_registry
+
+    out = Output(json_mode=json_mode)
+    previous, new = open_registry(registry).promote(model, version)
+    out.result({"model": model, "previous": previous, "production": new})
+    out.human(f"{model}: production {previous} -> {new}; undo with `trtbuild rollback {model} --registry`")
+
+
+@click.command(name="list")
+@click.argument("model")
+@REGISTRY
+@common
+def list_(model: str, registry: str, json_mode: bool) -> None:
+    """Versions with aliases, digests, gate verdicts and where each is deployed."""
+    from pipeline.registry.mlflow_registry import open_registry
+
+    out = Output(json_mode=json_mode)
+    rows = open_registry(registry).list_versions(model)
+    out.result({"model": model, "versions": rows})
+    for r in rows:
+        out.human(f"v{r['version']:<4} {','.join(r.get('aliases') or []):22} {str(r.get('digest'))[:12]}  "
+                  f"gates {r.get('gates')}  {r.get('source')}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(local)
+    group.add_command(promote)
+    group.add_command(list_)
