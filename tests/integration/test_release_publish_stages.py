@@ -25,7 +25,8 @@ SECRET = "s3cr3t-value-planted-by-the-test"  # noqa: S105
 def test_release_and_publish(tmp_path: Path) -> None:
     save_tiny_checkpoint(tmp_path / "src")
     recipe = {
-        "name": "tiny-release", "description": "token ${SECRET_TOKEN}", "source": {"path": "src", "dtype": "float32"}, "target": {"gpu": "cpu"},
+        "name": "tiny-release", "description": "token ${SECRET_TOKEN}",
+        "source": {"path": "src", "dtype": "float32"}, "target": {"gpu": "cpu"},
         "quantize": {"algo": "fp8", "kv_cache": "fp8", "calibration": {"samples": 4, "seq_len": 32}},
         "build": {"backend": "reference", "max_batch_size": 4, "max_seq_len": 256, "max_num_tokens": 512},
         "gates": {"accuracy": {"enabled": False}, "throughput": {"enabled": False}},
