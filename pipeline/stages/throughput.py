@@ -1,12 +1,23 @@
-"""throughput: the served candidate against a vLLM baseline on the same workload."""
+"""throughput: the served candidate against a vLLM baseline on the same workload and client.
+
+The candidate is served by a private tritonserver (the bundle published into a temporary
+repository); the baseline is vLLM started on loopback from its own interpreter (or an existing
+endpoint). They are measured one after the other, never at the same time, with the same prompts.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
-from pipeline.recipe.load import LoadedRecipe
-from pipeline.runner.stage import Stage
+from pipeline.errors import NotImplementedStageError
+from pipeline.recipe.load import LoadedRecipe, interpolate_string
+from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
+from pipeline.util import atomic
 
 
 class ThroughputStage(Stage):
@@ -18,3 +29,97 @@ class ThroughputStage(Stage):
 
     def enabled(self, loaded: LoadedRecipe) -> bool:
         return loaded.recipe.gates.throughput.enabled
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        from transformers import AutoTokenizer
+
+        from pipeline.bench import criteria as crit
+        from pipeline.bench.plots import plot
+        from pipeline.bench.workload import make_prompts
+
+        r = ctx.recipe
+        cfg = r.gates.throughput
+        if r.build.backend != "reference":
+            raise NotImplementedStageError("throughput", f"serving a '{r.build.backend}' candidate needs Triton's "
+                                           "TensorRT-LLM backend on a GPU host; not wired yet")
+        source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
+        tok = AutoTokenizer.from_pretrained(source)
+        prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
+                                        prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
+        candidate = self._measure_candidate(ctx, prompts)
+        baseline = self._measure_baseline(ctx, prompts, source)
+        results = crit.evaluate(cfg.criteria, candidate, baseline)
+        points = [*candidate.values(), *baseline.values()]
+        passed = all(x.passed for x in results)
+        report = {"passed": passed, "criteria": crit.to_json(results),
+                  "points": [p.to_json() for p in points],
+                  "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
+                  "workloads": [w.model_dump() for w in cfg.workloads]}
+        atomic.write_text(ctx.workdir / "throughput.json", json.dumps(report, indent=2, sort_keys=True))
+        md = crit.markdown(results, points)
+        atomic.write_text(ctx.workdir / "throughput.md", md)
+        ttfts = {f"{p.endpoint} {p.workload}@{p.concurrency}": p.ttft_samples for p in points
+                 if p.concurrency == max(w.concurrency[-1] for w in cfg.workloads)}
+        plot(points, ttfts, ctx.workdir)
+        ctx.reporter.info(md)
+        metrics = {f"{p.endpoint}.{p.workload}.c{p.concurrency}.output_tok_s": p.output_tok_s for p in points}
+        return StageOutput(outputs={"report": "throughput.json", "markdown": "throughput.md"},
+                           summary={"failed": [x.line() for x in results if not x.passed], "metrics": metrics},
+                           passed=passed)
+
+    def _sweep(self, ctx: StageContext, endpoint: Any, prompts: dict[str, Any]) -> dict[tuple[str, int], Any]:
+        from pipeline.bench.harness import median_point, run_point
+
+        cfg = ctx.recipe.gates.throughput
+        out = {}
+        total = sum(len(w.concurrency) * cfg.trials for w in cfg.workloads)
+        with ctx.progress(f"load on {endpoint.name}", total=total) as bar:
+            for w in cfg.workloads:
+                for c in w.concurrency:
+                    trials = []
+                    for _ in range(cfg.trials):
+                        trials.append(asyncio.run(run_point(
+                            endpoint, prompts[w.name].texts, output_len=w.output_len, concurrency=c,
+                            workload=w.name, warmup=cfg.warmup_requests, slo_ttft=cfg.slo_ttft_s,
+                            slo_tpot=cfg.slo_tpot_s)))
+                        bar.advance()
+                    out[(w.name, c)] = median_point(trials)
+        return out
+
+    def _measure_candidate(self, ctx: StageContext, prompts: dict[str, Any]) -> dict[tuple[str, int], Any]:
+        from pipeline.bench.client import TritonEndpoint
+        from pipeline.bundle import facts_for_target
+        from pipeline.triton.publish import publish_bundle
+        from pipeline.triton.server import TritonServer, locate_tritonserver
+
+        repo = ctx.workdir / ".candidate-repo"
+        repo.mkdir()
+        try:
+            server = TritonServer(locate_tritonserver(None), log_path=ctx.workdir / "candidate-triton.log")
+            with server.start(repo):
+                publish_bundle(Path(ctx.inputs["build"].outputs["bundle"]), repo, "candidate",
+                               facts=facts_for_target("cpu"), server_url=server.http_url)
+                return self._sweep(ctx, TritonEndpoint(server.http_url, "candidate", name="candidate"), prompts)
+        finally:
+            shutil.rmtree(repo, ignore_errors=True)
+
+    def _measure_baseline(self, ctx: StageContext, prompts: dict[str, Any],
+                          source: Path) -> dict[tuple[str, int], Any]:
+        from pipeline.bench.client import OpenAIEndpoint
+        from pipeline.bench.vllm_server import VllmServer
+
+        b = ctx.recipe.gates.throughput.baseline
+        if b.kind == "endpoint":
+            if not b.url:
+                raise NotImplementedStageError("throughput", "baseline kind 'endpoint' needs baseline.url")
+            return self._sweep(ctx, OpenAIEndpoint(b.url, "baseline", name="baseline"), prompts)
+        model_dir = source if b.checkpoint == "source" else Path(ctx.inputs["quantize"].outputs["unified"])
+        python = interpolate_string(b.python)
+        with ctx.progress("starting vLLM baseline (about a minute on CPU)"):
+            server = VllmServer(python=python, model_dir=model_dir, max_model_len=ctx.recipe.build.max_seq_len,
+                                extra_args=list(b.extra_args), log=ctx.workdir / "vllm.log",
+                                start_timeout=b.start_timeout_s).start()
+        try:
+            return self._sweep(ctx, OpenAIEndpoint(server.url, "baseline", name="baseline"), prompts)
+        finally:
+            server.stop()
