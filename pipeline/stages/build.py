@@ -28,8 +28,8 @@ class BuildStage(Stage):
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         r = loaded.recipe
-        return {"build": fields(r.build, exclude=IGNORED), "target": fields(r.target), "name": r.name,
-                "recipe_digest": loaded.digest}
+        # not the recipe digest: a change to gate criteria must not rebuild the engine
+        return {"build": fields(r.build, exclude=IGNORED), "target": fields(r.target), "name": r.name}
 
     def run(self, ctx: StageContext) -> StageOutput:
         r = ctx.recipe
