@@ -135,6 +135,7 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
             export_tensorrt_llm_checkpoint(model, decoder, dtype=export_dtype, export_dir=target,
                                            inference_tensor_parallel=tensor_parallel,
                                            inference_pipeline_parallel=pipeline_parallel)
+            record["trtllm_config_fixes"] = fix_trtllm_config(target, config)
             _copy_tokenizer(src_dir, target)
         else:
             raise QuantizeError(f"unknown export '{kind}'")
@@ -143,6 +144,32 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
     record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     atomic.write_text(out_dir / "quantize.json", json.dumps(record, indent=2, sort_keys=True))
     return record
+
+
+def fix_trtllm_config(trtllm_dir: Path, hf_config: dict[str, Any]) -> list[str]:
+    """Put back the RoPE settings ModelOpt 0.47 drops from transformers 5 configs.
+
+    transformers 5 moved `rope_theta` into `rope_parameters`, where ModelOpt's TensorRT-LLM export
+    does not look: without `rotary_base` TensorRT-LLM silently uses 10000 (SmolLM2 needs 100000).
+    Found by a helper of this project; returns what was fixed, for the record.
+    """
+    path = trtllm_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    c = hf_config.get("text_config", hf_config)
+    rope = c.get("rope_parameters") if isinstance(c.get("rope_parameters"), dict) else {}
+    fixes = []
+    theta = c.get("rope_theta", rope.get("rope_theta"))
+    if theta is not None and "rotary_base" not in cfg:
+        cfg["rotary_base"] = float(theta)
+        fixes.append(f"rotary_base={float(theta)}")
+    rope_type = rope.get("rope_type") or rope.get("type")
+    if rope_type and rope_type != "default" and "rotary_scaling" not in cfg:
+        cfg["rotary_scaling"] = {**{k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type", "type")},
+                                 "type": rope_type}
+        fixes.append(f"rotary_scaling.type={rope_type}")
+    if fixes:
+        atomic.write_text(path, json.dumps(cfg, indent=4))
+    return fixes
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

@@ -36,6 +36,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the final directory is shared (Triton, other users)
     try:
         yield tmp
         if final.exists():

@@ -74,12 +74,16 @@ def test_unified_export(quantized: dict[str, Path], name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_trtllm_checkpoint_tp2(quantized: dict[str, Path], name: str) -> None:
+def test_trtllm_checkpoint_tp2(source: Path, quantized: dict[str, Path], name: str) -> None:
     d = quantized[name] / "trtllm"
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["mapping"]["tp_size"] == 2 and cfg["mapping"]["world_size"] == 2
     assert cfg["quantization"]["quant_algo"] == {"fp8": "FP8", "nvfp4": "NVFP4"}[VARIANTS[name][0]]
     assert (d / "rank0.safetensors").is_file() and (d / "rank1.safetensors").is_file()
+    # ModelOpt 0.47 drops rope_theta from transformers 5 configs; the export puts it back
+    hf = json.loads((source / "config.json").read_text())
+    theta = hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta"))
+    assert theta is not None and cfg["rotary_base"] == pytest.approx(float(theta))
 
 
 def test_quantize_record(quantized: dict[str, Path]) -> None:
