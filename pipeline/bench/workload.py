@@ -20,9 +20,9 @@ class Prompts:
 
 
 def _corpus_ids(tokenizer: Any) -> list[int]:
-    import pydoc_data.topics
+    from pipeline.eval.textset import pydoc_text
 
-    text = "\n".join(pydoc_data.topics.topics.values())
+    text = pydoc_text()
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

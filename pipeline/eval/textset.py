@@ -10,12 +10,16 @@ from typing import Any
 from pipeline.errors import StageError
 
 
+def pydoc_text() -> str:
+    """Offline English text shipped with every CPython; topics sorted so the text never varies."""
+    import pydoc_data.topics
+
+    return "\n\n".join(v for _, v in sorted(pydoc_data.topics.topics.items()))
+
+
 def load_text(source: str, base: Path | None = None) -> str:
     if source == "builtin:pydoc":
-        import pydoc_data.topics
-
-        # sorted topics so the text (and its digest) never depends on dict order
-        return "\n\n".join(v for _, v in sorted(pydoc_data.topics.topics.items()))
+        return pydoc_text()
     if source.startswith("hf:"):
         raise StageError("accuracy", f"text set '{source}' needs network; use builtin:pydoc or a local file")
     path = Path(source) if base is None or Path(source).is_absolute() else base / source

@@ -28,9 +28,9 @@ class Calibration:
 
 def _text(dataset: str) -> str:
     if dataset == "builtin:pydoc":
-        import pydoc_data.topics
+        from pipeline.eval.textset import pydoc_text
 
-        return "\n\n".join(v for _, v in sorted(pydoc_data.topics.topics.items()))
+        return pydoc_text()
     if dataset.startswith("hf:"):
         spec = dataset.removeprefix("hf:").split(":")
         try:

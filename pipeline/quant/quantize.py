@@ -127,7 +127,7 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
             from modelopt.torch.export import export_hf_checkpoint
 
             export_hf_checkpoint(model, dtype=export_dtype, export_dir=target)
-            _copy_tokenizer(src_dir, target)
+            copy_tokenizer(src_dir, target)
         elif kind == "trtllm":
             from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
@@ -136,7 +136,7 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
                                            inference_tensor_parallel=tensor_parallel,
                                            inference_pipeline_parallel=pipeline_parallel)
             record["trtllm_config_fixes"] = fix_trtllm_config(target, config)
-            _copy_tokenizer(src_dir, target)
+            copy_tokenizer(src_dir, target)
         else:
             raise QuantizeError(f"unknown export '{kind}'")
         del model
@@ -172,7 +172,7 @@ def fix_trtllm_config(trtllm_dir: Path, hf_config: dict[str, Any]) -> list[str]:
     return fixes
 
 
-def _copy_tokenizer(src: Path, dst: Path) -> None:
+def copy_tokenizer(src: Path, dst: Path) -> None:
     for name in TOKENIZER_FILES:
         if (src / name).is_file() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.bundle import write_manifest
+from pipeline.quant.quantize import copy_tokenizer
 from pipeline.recipe.hardware import GPUS
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
-from pipeline.util.hashing import iter_content_files
+from pipeline.util.files import link_tree
 
 # fields that change how long or where a build runs, never what it produces
 IGNORED = frozenset({"tensorrt.executor", "pytorch.executor", "tensorrt.timing_cache", "reference.threads"})
@@ -49,6 +48,7 @@ class BuildStage(Stage):
             facts = build_engine(r, checkpoint_dir=ckpt, output_dir=bundle / "engine",
                                  timing_cache=Path(r.build.tensorrt.timing_cache).resolve(),
                                  log=ctx.workdir / "trtllm-build.log")
+            (bundle / "tokenizer").mkdir()
             copy_tokenizer(ckpt, bundle / "tokenizer")
             trtllm_version = facts.get("trtllm_version")
             runtime = {"kind": "tensorrt", "engine": "engine", "tokenizer": "tokenizer", "engine_config": facts}
@@ -127,26 +127,6 @@ def git_commit(where: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
-
-
-def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link an immutable cached tree (stage outputs never change once renamed in place)."""
-    for f in iter_content_files(src):
-        target = dst / f.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, target)
-        except OSError:
-            shutil.copy2(f, target)
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    from pipeline.quant.quantize import TOKENIZER_FILES
-
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
 
 
 def read_json(path: Path) -> dict[str, Any]:

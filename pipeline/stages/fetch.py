@@ -10,6 +10,7 @@ from pipeline.errors import FetchError
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
+from pipeline.util.files import link_tree
 from pipeline.util.hashcache import cached_dir_digest, cached_file_digest
 
 
@@ -67,10 +68,10 @@ class FetchStage(Stage):
 
             assert src.revision is not None  # noqa: S101
             fetched = fetch_repo(src.repo, src.revision, cache_dir=ctx.artifacts / "hf-cache")
-            _link_tree(fetched.path, out)
+            link_tree(fetched.path, out)
             meta.update(repo=src.repo, revision=src.revision, commit=fetched.commit)
         elif src.path is not None:
-            _link_tree(source_path(loaded), out, link=False)  # the user may edit it in place
+            link_tree(source_path(loaded), out, link=False)  # the user may edit it in place
             meta.update(path=str(source_path(loaded)))
         else:
             from pipeline.checkpoint.gguf import convert_gguf
@@ -81,22 +82,3 @@ class FetchStage(Stage):
             meta.update(gguf=str(gguf.name))
         meta["summary"] = summarize(out)
         return StageOutput(outputs={"checkpoint": "checkpoint"}, summary=meta)
-
-
-def _link_tree(src: Path, dst: Path, *, link: bool = True) -> None:
-    """Hard-link (HF cache blobs never change) or copy a checkpoint into the stage output."""
-    import os
-    import shutil
-
-    from pipeline.util.hashing import iter_content_files
-
-    for f in iter_content_files(src):
-        target = dst / f.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        real = f.resolve()
-        try:
-            if not link:
-                raise OSError
-            os.link(real, target)
-        except OSError:
-            shutil.copy2(real, target)

@@ -18,7 +18,7 @@ from pipeline.bundle import Bundle
 from pipeline.errors import TrtbuildError
 from pipeline.triton import pbtxt
 from pipeline.util import atomic
-from pipeline.util.hashing import iter_content_files
+from pipeline.util.files import link_tree
 
 MODEL_SHIM = '''"""Written by trtbuild: the reference backend's Triton python model."""
 from pipeline.backends.reference.triton_model import TritonPythonModel  # noqa: F401
@@ -125,14 +125,7 @@ def materialize_version(model: ModelDir, bundle: Bundle, version: int) -> Path:
     tmp = model.root / f".tmp-{version}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        dst = tmp / "bundle"
-        for f in [*iter_content_files(bundle.dir)]:
-            rel = f.relative_to(bundle.dir)
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(f, dst / rel)
-            except OSError:
-                shutil.copy2(f, dst / rel)
+        link_tree(bundle.dir, tmp / "bundle")  # bundles are immutable: hard links are safe
         if bundle.backend == "reference":
             (tmp / "model.py").write_text(MODEL_SHIM)
         else:
