@@ -14,9 +14,9 @@ class Output:
         self.json_mode = json_mode
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-    def human(self, *objects: Any) -> None:
+    def human(self, *objects: Any, **kwargs: Any) -> None:
         """Human text (stderr). Shown in --json mode too: stdout stays machine-only."""
-        self.err.print(*objects)
+        self.err.print(*objects, **kwargs)
 
     def result(self, data: Any) -> None:
         """The command's result: JSON on stdout in --json mode; nothing otherwise."""

@@ -10,6 +10,7 @@ import click
 from pipeline.cli import common
 from pipeline.cli.output import Output
 from pipeline.errors import RecipeError
+from pipeline.recipe.load import LoadedRecipe
 
 ARTIFACTS = click.option("--artifacts", type=click.Path(path_type=Path), default=Path("artifacts"),
                          show_default=True, envvar="TRTBUILD_ARTIFACTS",
@@ -78,32 +79,67 @@ def plan(recipe: Path, artifacts: Path, json_mode: bool) -> None:
 @click.option("--from", "from_stage", help="Re-run from this stage (earlier stages must be cached).")
 @click.option("--until", help="Stop after this stage.")
 @click.option("--force", is_flag=True, help="Re-run every stage in range even if cached.")
+@click.option("--local", "use_local", is_flag=True,
+              help="Start (or reuse) `trtbuild local up` services (SeaweedFS, MLflow, tritonserver) and "
+                   "run against them: their environment overrides the store, registry and Triton settings.")
 @ARTIFACTS
 @common
-def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, artifacts: Path,
-        json_mode: bool) -> None:
+def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, use_local: bool,
+        artifacts: Path, json_mode: bool) -> None:
     """Run the pipeline: fetch, quantize, build, accuracy, throughput, release, publish."""
-    from pipeline.errors import TrtbuildError
+    from pipeline.cli import finale
     from pipeline.recipe.load import load_recipe
     from pipeline.runner.events import ConsoleReporter
     from pipeline.runner.runner import Runner
 
     out = Output(json_mode=json_mode)
+    load_recipe(recipe)  # bad recipes fail before any service starts
+    env_file = _use_local(artifacts, out) if use_local else None
     loaded = load_recipe(recipe)
+    if env_file is not None:
+        _check_local_repository(loaded, recipe)
     reporter = ConsoleReporter(json_mode=json_mode, console=out.err)
     runner = Runner(loaded, artifacts=artifacts, reporter=reporter)
     out.human(f"[bold]trtbuild run[/] {recipe} ({loaded.recipe.name})")
     record = None
     try:
         record = runner.run(from_stage=from_stage, until=until, force=force)
-    except TrtbuildError:
-        raise
     finally:
         # the summary is printed whatever happened, so CI can read how far the run got
         rec = record.summary() if record is not None else _latest_record(artifacts, loaded.recipe.name)
+        last = record if record is not None else runner.last_record
+        if last is not None:
+            rec = (rec or {}) | {"finale": finale.show(loaded, last, out, env_file)}
         if rec is not None:
             out.result(rec)
     out.human(f"[green]run {record.run_id} succeeded[/] in {record.summary()['seconds']:.1f}s")
+
+
+def _use_local(artifacts: Path, out: Output) -> Path:
+    """Start the local services and put their environment into this process (recipes read it)."""
+    import os
+
+    from pipeline.cli.release_cmds import start_local
+
+    root = artifacts / "local"
+    repo = Path(os.environ.get("TRTBUILD_TRITON_REPO") or "triton_repo")
+    env = start_local(root, repo, out)
+    os.environ.update(env)
+    return root / "local.env"
+
+
+def _check_local_repository(loaded: LoadedRecipe, recipe: Path) -> None:
+    """--local publishes through the local tritonserver: the recipe must publish where it serves."""
+    import os
+
+    from pipeline.errors import UsageError
+
+    pub = loaded.recipe.publish
+    served = os.environ["TRTBUILD_TRITON_REPO"]
+    if pub.enabled and Path(pub.repository).resolve() != Path(served).resolve():
+        raise UsageError(f"{recipe}: publish.repository is {pub.repository} but the local tritonserver serves "
+                         f"{served}; drop publish.repository from the recipe (it defaults to "
+                         "$TRTBUILD_TRITON_REPO) or run without --local")
 
 
 def _latest_record(artifacts: Path, name: str) -> dict[str, object] | None:

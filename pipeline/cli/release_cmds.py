@@ -20,17 +20,36 @@ def local() -> None:
     """Local SeaweedFS (S3) and MLflow server for the pipeline, on loopback."""
 
 
-@local.command()
-@ROOT
-@common
-def up(root: Path, json_mode: bool) -> None:
-    """Start (or keep) the services; print the environment other commands read."""
+TRITON_REPO = click.option("--repository", type=click.Path(path_type=Path), default=Path("triton_repo"),
+                           show_default=True, envvar="TRTBUILD_TRITON_REPO",
+                           help="Model repository the local tritonserver serves and publish writes into.")
+NO_TRITON = click.option("--no-triton", is_flag=True, help="Start S3 and MLflow only (no tritonserver).")
+
+
+def start_local(root: Path, repository: Path | None, out: Output) -> dict[str, str]:
+    """`local up` for the CLI: progress on stderr (the first start can take a minute)."""
     from pipeline.local.services import local_up
 
+    with out.err.status("starting local services (SeaweedFS, MLflow"
+                        + (", tritonserver)" if repository is not None else ")")):
+        env = local_up(root, repository=repository)
+    parts = [f"S3 {env['AWS_ENDPOINT_URL_S3']}", f"MLflow {env['MLFLOW_TRACKING_URI']}"]
+    if "TRTBUILD_TRITON_URL" in env:
+        parts.append(f"Triton {env['TRTBUILD_TRITON_URL']} serving {env['TRTBUILD_TRITON_REPO']}")
+    out.human("[green]local services up[/]: " + ", ".join(parts))
+    return env
+
+
+@local.command()
+@ROOT
+@TRITON_REPO
+@NO_TRITON
+@common
+def up(root: Path, repository: Path, no_triton: bool, json_mode: bool) -> None:
+    """Start (or keep) the services; print the environment other commands read."""
     out = Output(json_mode=json_mode)
-    env = local_up(root)
+    env = start_local(root, None if no_triton else repository, out)
     out.result({k: ("***" if "SECRET" in k else v) for k, v in env.items()})
-    out.human(f"[green]local services up[/]: S3 {env['AWS_ENDPOINT_URL_S3']}, MLflow {env['MLFLOW_TRACKING_URI']}")
     out.human(f"load the environment with: set -a; . {root / 'local.env'}; set +a")
 
 
@@ -57,7 +76,7 @@ def status(root: Path, json_mode: bool) -> None:
     out = Output(json_mode=json_mode)
     st = local_status(root)
     out.result(st)
-    for name in ("seaweed", "mlflow"):
+    for name in ("seaweed", "mlflow", "triton"):
         s = st.get(name) or {}
         out.human(f"{name}: {'running' if s.get('running') else 'stopped'}"
                   f"{', healthy' if s.get('healthy') else ''} {s.get('url') or s.get('endpoint') or ''}")

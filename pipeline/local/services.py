@@ -1,9 +1,10 @@
-"""`trtbuild local up/status/down`: SeaweedFS + MLflow server on loopback, for a laptop or CI.
+"""`trtbuild local up/status/down`: SeaweedFS, an MLflow server and a tritonserver on loopback.
 
 Everything lives under one root directory (default artifacts/local):
 
     credentials.env   generated S3 keys (mode 0600), kept across restarts
-    local.env         `export` lines for a shell: endpoint, keys, MLflow URI, TRTBUILD_STORE
+    local.env         `export` lines for a shell: endpoint, keys, MLflow URI, TRTBUILD_STORE,
+                      the Triton URL and model repository publish writes into
     state.json        pids (with start time and argv) and ports of the servers started here
     seaweed/          S3 data          mlflow.db   MLflow backend          logs/  server logs
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ServiceError
-from pipeline.local import mlflow_server, process, seaweed
+from pipeline.local import mlflow_server, process, seaweed, triton_service
 from pipeline.util import atomic
 
 STATE = "state.json"
@@ -116,14 +117,18 @@ def _running(record: dict[str, Any] | None) -> bool:
 
 
 def env_for(root: Path, state: dict[str, Any], access: str, secret: str) -> dict[str, str]:
-    return {
+    triton: dict[str, str] = {}
+    if state.get("triton"):
+        triton = {"TRTBUILD_TRITON_URL": state["triton"]["url"],
+                  "TRTBUILD_TRITON_REPO": state["triton"]["repository"]}
+    return triton | {
         "AWS_ENDPOINT_URL_S3": state["seaweed"]["endpoint"],
         "AWS_ACCESS_KEY_ID": access,
         "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_DEFAULT_REGION": REGION,
         "MLFLOW_S3_ENDPOINT_URL": state["seaweed"]["endpoint"],
         "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
-        "TRTBUILD_STORE": f"s3://{BUNDLES_BUCKET}/bundles",
+        "TRTBUILD_STORE": f"s3://{BUNDLES_BUCKET}",  # the store adds bundles/<digest>
         "TRTBUILD_LOCAL_ROOT": str(root),
     }
 
@@ -201,16 +206,35 @@ def _ensure_mlflow(
     return new
 
 
+def _ensure_triton(root: Path, state: dict[str, Any], repository: Path, timeout: float) -> None:
+    tr: dict[str, Any] | None = state.get("triton")
+    if tr and _running(tr) and tr["repository"] == str(repository) and triton_service.live(int(tr["http_port"])):
+        return
+    if tr:
+        triton_service.stop_triton(tr)
+    last = tr or state.get("stopped", {}).get("triton")
+    preferred = None
+    if last and seaweed.port_free(int(last["http_port"])):
+        preferred = int(last["http_port"])  # keep the URL users already have, when it is free
+    state["triton"] = triton_service.start_triton(root, repository, preferred_http=preferred,
+                                                  timeout=max(timeout, 180.0))
+    _write_state(root, state)
+
+
 def local_up(
     root: Path,
     *,
     s3_port: int | None = None,
     mlflow_port: int | None = None,
+    repository: Path | None = None,
     timeout: float = 120.0,
 ) -> dict[str, str]:
-    """Start (or keep) SeaweedFS and `mlflow server` under `root`; return the client env.
+    """Start (or keep) SeaweedFS, `mlflow server` and, given a model `repository`, a
+    tritonserver on it, all under `root`; return the client env.
 
     `s3_port` / `mlflow_port` are preferences: a busy port is replaced by a free one.
+    Without `repository` a tritonserver started earlier is stopped: the env must not point
+    publish at a server serving another repository.
     """
     root = Path(root).resolve()
     (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -230,6 +254,12 @@ def local_up(
             mlflow_port=mlflow_port,
             timeout=timeout,
         )
+        if repository is not None:
+            _ensure_triton(root, state, Path(repository).resolve(), timeout)
+        elif state.get("triton"):
+            triton_service.stop_triton(state["triton"])
+            state.setdefault("stopped", {})["triton"] = state.pop("triton")
+            _write_state(root, state)
         env = env_for(root, state, access, secret)
         _write_env_file(root, env)
         return env
@@ -257,23 +287,35 @@ def local_status(root: Path) -> dict[str, Any]:
         "url": ml["url"] if ml else None,
         "log": str(root / "logs" / "mlflow.log"),
     }
+    tr: dict[str, Any] | None = state.get("triton")
+    out["triton"] = {
+        "running": _running(tr),
+        "healthy": tr is not None and _running(tr) and triton_service.live(int(tr["http_port"])),
+        "pid": tr["proc"]["pid"] if tr else None,
+        "url": tr["url"] if tr else None,
+        "repository": tr["repository"] if tr else None,
+        "log": str(root / "logs" / "tritonserver.log"),
+    }
     out["up"] = out["seaweed"]["healthy"] and out["mlflow"]["healthy"]
     return out
 
 
 def local_down(root: Path) -> dict[str, str]:
-    """Stop the servers this root started (MLflow first); data and credentials stay."""
+    """Stop the servers this root started (Triton, MLflow, then S3); data and credentials stay."""
     root = Path(root).resolve()
     result: dict[str, str] = {}
     with _locked(root):
         state = read_state(root)
-        for name in ("mlflow", "seaweed"):
+        for name in ("triton", "mlflow", "seaweed"):
             record = state.get(name)
             if not record:
                 result[name] = "not started"
                 continue
-            info = process.ProcInfo.from_dict(record["proc"])
-            result[name] = "stopped" if process.stop(info) else "not running"
+            if name == "triton":
+                result[name] = "stopped" if triton_service.stop_triton(record) else "not running"
+            else:
+                info = process.ProcInfo.from_dict(record["proc"])
+                result[name] = "stopped" if process.stop(info) else "not running"
             # Remembered so that the next `up` reuses the same ports (the env users sourced).
             state.setdefault("stopped", {})[name] = state.pop(name)
             _write_state(root, state)

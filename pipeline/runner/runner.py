@@ -54,6 +54,7 @@ class Runner:
         self.reporter: Reporter = reporter or NullReporter()
         self.cache = StageCache(self.artifacts)
         self.names = [s.name for s in self.stages]
+        self.last_record: RunRecord | None = None
 
     # ------------------------------------------------------------------ fingerprints
     def _components(self, stage: Stage, results: dict[str, StageResult | None]) -> dict[str, Any] | None:
@@ -116,6 +117,7 @@ class Runner:
                                stages=[StageRecord(n) for n in self.names],
                                env_vars=self.loaded.env_vars)
             record.save(self.artifacts)
+            self.last_record = record  # what a caller shows when run() raises (a failed gate)
             try:
                 self._run_stages(record, first, last, force or from_stage is not None)
                 record.status = "succeeded"

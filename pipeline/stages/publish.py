@@ -23,7 +23,9 @@ class PublishStage(Stage):
     inputs = ("build", "release")
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
-        return {"publish": fields(loaded.recipe.publish, exclude={"enabled", "load_timeout_s"}),
+        # server_url says where to switch, not what is published: a restarted local server on
+        # another port must not publish a new version (still_valid checks the server instead).
+        return {"publish": fields(loaded.recipe.publish, exclude={"enabled", "load_timeout_s", "server_url"}),
                 "model": loaded.recipe.triton_model_name}
 
     def enabled(self, loaded: LoadedRecipe) -> bool:
@@ -45,6 +47,17 @@ class PublishStage(Stage):
             return "the published version is no longer in the repository"
         if v not in md.served_versions():
             return f"version {v} is no longer the served version (rolled back?)"
+        url = ctx.recipe.publish.server_url
+        if url:
+            from pipeline.errors import ServiceError
+            from pipeline.triton.control import ModelControl
+
+            try:
+                ready = ModelControl(url, timeout=5.0).is_ready(md.name, v)
+            except ServiceError:
+                ready = False
+            if not ready:
+                return f"version {v} is not ready on {url}"
         return None
 
     def run(self, ctx: StageContext) -> StageOutput:

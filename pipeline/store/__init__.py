@@ -1,6 +1,6 @@
 """Bundle stores: immutable, content-addressed, verified on the way down.
 
-store = open_store("s3://trtbuild-bundles/bundles")   # or file:///dir, file://relative
+store = open_store("s3://trtbuild-bundles")   # or file:///dir, file://relative
 stored = store.put(bundle_dir)                         # -> StoredBundle
 store.get(stored.bundle_id, dest_dir)                  # every file's sha256 checked
 """

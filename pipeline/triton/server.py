@@ -41,7 +41,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -394,19 +394,8 @@ class TritonServer:
     def _launch(self, repo: Path, *, http_port: int, grpc_port: int, host: str, mode: str,
                 load: Sequence[str], timeout: float) -> None:
         hp, gp = http_port, grpc_port
-        argv = [
-            *self.install.argv(),
-            f"--model-repository={repo}",
-            f"--model-control-mode={mode}",
-            *(f"--load-model={m}" for m in load),
-            "--strict-readiness=false",
-            "--disable-auto-complete-config",
-            "--allow-metrics=false",
-            f"--exit-timeout-secs={self.exit_timeout}",
-            f"--http-address={host}", f"--http-port={hp}",
-            f"--grpc-address={host}", f"--grpc-port={gp}",
-            *self.extra_args,
-        ]
+        argv = server_argv(self.install, repo, http_port=hp, grpc_port=gp, host=host, mode=mode,
+                           load=load, exit_timeout=self.exit_timeout, extra_args=self.extra_args)
         log_path = self._log_path_given
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
@@ -450,22 +439,45 @@ class TritonServer:
                                f"may hang in initialize); log {self.log_path}:\n{tail}") from None
 
     def _remove_shm(self) -> None:
-        """Remove regions this server mapped, and regions created since it started that no
-        live process maps (those of stubs that died before they could be seen)."""
-        doomed = set(self._shm_seen)
-        mapped, complete = _all_mapped_shm()
-        if complete:
-            for p in SHM_DIR.glob(SHM_PREFIX + "*"):
-                with contextlib.suppress(OSError):
-                    if p.stat().st_mtime >= self._started_at - 1 and p.name not in mapped:
-                        doomed.add(p.name)
-        for name in doomed - mapped:
-            with contextlib.suppress(FileNotFoundError):
-                (SHM_DIR / name).unlink()
+        remove_shm(self._started_at, self._shm_seen)
 
 
 class _PortClashError(Exception):
     pass
+
+
+def server_argv(install: TritonInstall, repo: Path, *, http_port: int, grpc_port: int, host: str,
+                mode: str, load: Sequence[str] = (), exit_timeout: int = 5,
+                extra_args: Sequence[str] = ()) -> list[str]:
+    """The tritonserver command line trtbuild uses everywhere (tests, serve, local up)."""
+    return [
+        *install.argv(),
+        f"--model-repository={repo}",
+        f"--model-control-mode={mode}",
+        *(f"--load-model={m}" for m in load),
+        "--strict-readiness=false",
+        "--disable-auto-complete-config",
+        "--allow-metrics=false",
+        f"--exit-timeout-secs={exit_timeout}",
+        f"--http-address={host}", f"--http-port={http_port}",
+        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+        *extra_args,
+    ]
+
+
+def remove_shm(started_at: float, seen: Set[str] = frozenset()) -> None:
+    """Remove python-backend regions a stopped server left: those it was seen mapping, and
+    those created since it started that no live process maps (stubs that died unseen)."""
+    doomed = set(seen)
+    mapped, complete = _all_mapped_shm()
+    if complete:
+        for p in SHM_DIR.glob(SHM_PREFIX + "*"):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime >= started_at - 1 and p.name not in mapped:
+                    doomed.add(p.name)
+    for name in doomed - mapped:
+        with contextlib.suppress(FileNotFoundError):
+            (SHM_DIR / name).unlink()
 
 
 def _other_free_port(host: str, taken: int) -> int:

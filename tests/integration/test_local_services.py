@@ -48,7 +48,7 @@ def _use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], tmp_path: Pat
 
 def test_up_writes_env_state_and_private_files(stack: tuple[Path, dict[str, str]]) -> None:
     root, env = stack
-    assert env["TRTBUILD_STORE"] == "s3://trtbuild-bundles/bundles"
+    assert env["TRTBUILD_STORE"] == "s3://trtbuild-bundles"
     assert env["AWS_ENDPOINT_URL_S3"].startswith("http://127.0.0.1:")
     assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
@@ -183,7 +183,7 @@ def test_port_clash_detached_up_then_down(tmp_path: Path) -> None:
         }
         (root / "state.json").write_text(json.dumps(fake))
         result = local_down(root)
-        assert result == {"mlflow": "not running", "seaweed": "stopped"}
+        assert result == {"triton": "not started", "mlflow": "not running", "seaweed": "stopped"}
         assert sleeper.poll() is None
     finally:
         sleeper.kill()
@@ -194,7 +194,7 @@ def test_port_clash_detached_up_then_down(tmp_path: Path) -> None:
         assert not process.alive(pid)
     st = local_status(root)
     assert not st["seaweed"]["running"] and not st["mlflow"]["running"] and st["up"] is False
-    assert local_down(root) == {"mlflow": "not started", "seaweed": "not started"}
+    assert local_down(root) == {"triton": "not started", "mlflow": "not started", "seaweed": "not started"}
 
 
 def test_down_then_up_keeps_credentials_and_data(
@@ -204,7 +204,7 @@ def test_down_then_up_keeps_credentials_and_data(
     _use_env(monkeypatch, env, tmp_path)
     bid = make_bundle(tmp_path / "b", {"persist.bin": os.urandom(5000)})
     open_store(env["TRTBUILD_STORE"]).put(tmp_path / "b")
-    assert local_down(root) == {"mlflow": "stopped", "seaweed": "stopped"}
+    assert local_down(root) == {"triton": "not started", "mlflow": "stopped", "seaweed": "stopped"}
     assert local_status(root)["up"] is False
     env2 = local_up(root)
     assert env2["AWS_ACCESS_KEY_ID"] == env["AWS_ACCESS_KEY_ID"]
@@ -212,3 +212,32 @@ def test_down_then_up_keeps_credentials_and_data(
     assert env2["AWS_ENDPOINT_URL_S3"] == env["AWS_ENDPOINT_URL_S3"]  # same ports when still free
     _use_env(monkeypatch, env2, tmp_path)
     assert open_store(env2["TRTBUILD_STORE"]).exists(bid)
+
+
+def test_up_with_a_repository_serves_it_and_down_stops_triton(tmp_path: Path) -> None:
+    """The third local service: a detached tritonserver on the model repository, in the env."""
+    from pipeline.triton.control import ModelControl
+    from pipeline.triton.server import SHM_DIR, SHM_PREFIX, _all_mapped_shm
+
+    root, repo = tmp_path / "local", tmp_path / "repo"
+    shm_before = {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
+    try:
+        env = local_up(root, repository=repo)
+        assert env["TRTBUILD_TRITON_REPO"] == str(repo.resolve())
+        assert ModelControl(env["TRTBUILD_TRITON_URL"]).live()
+        st = local_status(root)
+        assert st["triton"]["healthy"] and st["triton"]["repository"] == str(repo.resolve())
+        pid = st["triton"]["pid"]
+        assert local_up(root, repository=repo) == env  # idempotent: same server, same env
+        # without a repository the server goes: the env must not send publish to it
+        env2 = local_up(root)
+        assert "TRTBUILD_TRITON_URL" not in env2 and not process.alive(pid)
+        env3 = local_up(root, repository=repo)
+        pid3 = local_status(root)["triton"]["pid"]
+    finally:
+        result = local_down(root)
+    assert result["triton"] == "stopped" and not process.alive(pid3)
+    assert env3["TRTBUILD_TRITON_URL"] == env["TRTBUILD_TRITON_URL"]  # the same port when free
+    # regions of other servers on this machine are still mapped; ours must be gone
+    mapped, _ = _all_mapped_shm()
+    assert {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")} - shm_before - mapped == set()
