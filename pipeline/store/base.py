@@ -20,6 +20,7 @@ import json
 import os
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -238,6 +239,7 @@ class StoredBundle:
     skipped_files: int
     uploaded_files: int = 0
     already_stored: bool = False
+    aborted_uploads: int = 0  # incomplete multipart uploads of interrupted puts, cleaned up
 
 
 class BundleStore(ABC):
@@ -258,9 +260,11 @@ class BundleStore(ABC):
         manifest = read_local_manifest(bundle_dir)
         check_local_layout(bundle_dir, manifest)
         self._preflight("put")
+        started = time.time()
         uri = self.uri_for(manifest.id)
         if self._manifest_exists(manifest.id):
-            return StoredBundle(uri, manifest.id, 0, len(manifest.files), 0, already_stored=True)
+            return StoredBundle(uri, manifest.id, 0, len(manifest.files), 0, already_stored=True,
+                                aborted_uploads=self._abort_interrupted(manifest.id, started))
         present = self._present_files(manifest.id, manifest.files)
         missing = [f for f in manifest.files if f.path not in present]
         prog = progress or _NoProgress()
@@ -293,7 +297,17 @@ class BundleStore(ABC):
             len(present),
             len(missing),
             already_stored=not created,
+            aborted_uploads=self._abort_interrupted(manifest.id, started),
         )
+
+    def _abort_interrupted(self, bundle_id: str, before: float) -> int:
+        """Clean up what killed puts of this bundle left half-uploaded; the count.
+
+        Called once the bundle is complete, for uploads begun before this put: those belong to
+        puts that died (or to a concurrent put of the same digest, which is now redundant).
+        Stores without partial uploads have nothing to do.
+        """
+        return 0
 
     def get(self, bundle_id: str, dest_dir: Path, progress: TransferProgress | None = None) -> Path:
         """Download a bundle into `dest_dir` (created by rename once every file verified)."""

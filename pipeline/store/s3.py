@@ -337,6 +337,24 @@ class S3BundleStore(BundleStore):
                 raise
         return True
 
+    def _abort_interrupted(self, bundle_id: str, before: float) -> int:
+        """Abort multipart uploads under this bundle begun before `before`: a SIGKILLed put
+        leaves its parts stored (and billed) until someone aborts them; S3 never does."""
+        prefix = f"{self._bundle_key(bundle_id)}/"
+        aborted = 0
+        with self._errors("put"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < before:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        aborted += 1
+        return aborted
+
     def _read_manifest(self, bundle_id: str) -> bytes:
         from botocore.exceptions import ClientError
 

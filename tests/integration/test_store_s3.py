@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,18 @@ def test_killed_put_resumes_with_missing_files_only(
 
     store = open_store(s3_uri)
     assert not store.exists(bid) and bid not in store.list()  # no manifest: no bundle
+    # what the killed put left half-uploaded, plus one planted for certain
+    client, bucket = store.client, store.bucket  # type: ignore[attr-defined]
+    prefix = f"{store._bundle_key(bid)}/"  # type: ignore[attr-defined]
+    planted = client.create_multipart_upload(Bucket=bucket, Key=prefix + "files/z-large.bin")
+    client.upload_part(Bucket=bucket, Key=prefix + "files/z-large.bin", UploadId=planted["UploadId"],
+                       PartNumber=1, Body=b"x" * (5 * MiB))
+    time.sleep(1.1)  # S3 timestamps have second resolution
+    left = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    assert len(left) >= 1
     stored = store.put(src)
+    assert stored.aborted_uploads == len(left)
+    assert client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []) == []
     assert not stored.already_stored
     assert stored.skipped_files >= 1 and stored.uploaded_files >= 1
     assert stored.skipped_files + stored.uploaded_files == len(files)
