@@ -110,7 +110,8 @@ def list_(model: str, registry: str, json_mode: bool) -> None:
     out.result({"model": model, "versions": rows})
     for r in rows:
         out.human(f"v{r['version']:<4} {','.join(r.get('aliases') or []):22} {str(r.get('digest'))[:12]}  "
-                  f"gates {r.get('gates')}  {r.get('source')}")
+                  f"gates {r.get('gates')}  {r.get('source')}"
+                  + (f"  deployed {r['deployed']}" if r.get("deployed") else ""))
 
 
 def register(group: click.Group) -> None:

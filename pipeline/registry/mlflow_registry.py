@@ -367,6 +367,13 @@ class MlflowRegistry:
         with self.errors(f"tag {model} v{version}"):
             self.client.set_model_version_tag(model, str(version), key, str(value))
 
+    def mark_deployed(self, model: str, version: int, where: str) -> None:
+        """Add `where` (repository/model@vN) to the version's `deployed` tag, once."""
+        current = self.version_tags(model, version).get(TAG_DEPLOYED, "")
+        places = [p for p in current.split(",") if p]
+        if where not in places:
+            self.set_version_tag(model, version, TAG_DEPLOYED, ",".join([*places, where]))
+
     def version_tags(self, model: str, version: int) -> dict[str, str]:
         with self.errors(f"get {model} v{version}"):
             return dict(self.client.get_model_version(model, str(version)).tags)

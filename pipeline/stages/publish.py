@@ -70,4 +70,21 @@ class PublishStage(Stage):
             load_timeout=p.load_timeout_s, smoke_prompt=p.smoke_prompt, instances=p.instances)
         ctx.reporter.info(f"published {published.model} version {published.version} "
                           f"(bundle {published.bundle_id[:12]}) into {published.repository}")
+        self._record_deployment(ctx, f"{published.repository}/{published.model}@v{published.version}")
         return StageOutput(outputs={"repository": published.repository}, summary=published.to_json())
+
+    @staticmethod
+    def _record_deployment(ctx: StageContext, where: str) -> None:
+        """Tag the released registry version with where it now serves (`trtbuild list` shows it)."""
+        from pipeline.errors import RegistryError
+        from pipeline.registry.mlflow_registry import open_registry
+
+        release = ctx.inputs.get("release")
+        if release is None or not isinstance(release.summary.get("version"), int):
+            return  # release disabled: nothing registered to tag
+        version = int(release.summary["version"])
+        try:
+            open_registry(ctx.recipe.release.registry).mark_deployed(release.summary["model"], version, where)
+        except RegistryError as e:
+            # the model is published and serving; a tag is bookkeeping, not a reason to fail
+            ctx.reporter.info(f"[yellow]warning:[/] could not record the deployment in MLflow: {e.one_line()}")

@@ -137,6 +137,7 @@ def test_the_end_of_the_run_shows_gates_release_served_generation_and_next_steps
     assert listed.returncode == 0, listed.stderr[-2000:]
     versions = json.loads(listed.stdout)["versions"]
     assert [v["version"] for v in versions] == [1] and "candidate" in versions[0]["aliases"]
+    assert versions[0]["deployed"] == f"{setup['dir'] / 'repo'}/tiny@v1"  # publish recorded where it serves
     # the secret key never reaches the human output
     assert env["AWS_SECRET_ACCESS_KEY"] not in setup["stderr"]
 
