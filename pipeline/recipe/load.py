@@ -22,6 +22,7 @@ from pipeline.util.hashing import digest_obj
 FieldPath = tuple[str | int, ...]
 Origin = tuple[str, int]  # (file as given, 1-based line)
 
+_FIELD_PREFIX = re.compile(r"([a-z_]+(?:\.[a-z_0-9]+)+): ")
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -38,6 +39,18 @@ class LoadedRecipe:
     def digest(self) -> str:
         """Digest of the declared recipe: environment values (endpoints, secrets) never enter it."""
         return digest_obj(self.declared)
+
+    def with_origin(self, message: str) -> str:
+        """`FILE:LINE: message` when `message` starts with a recipe field (`source.gguf.file: ...`),
+        so an error found while running points at the line to fix, like a validation error."""
+        m = _FIELD_PREFIX.match(message)
+        if m is None:
+            return message
+        loc: FieldPath = tuple(m.group(1).split("."))
+        if not any(k[:1] == loc[:1] for k in self.origins):
+            return message
+        file, line = _origin_for(self.origins, loc, (str(self.path), 1))
+        return f"{file}:{line}: {message}"
 
 
 class _Problems:

@@ -125,6 +125,7 @@ class Runner:
                 record.status, record.error = "gate-failed", e.one_line()
                 raise
             except BaseException as e:
+                self._point_at_recipe(e)
                 record.status = "failed"
                 record.error = e.one_line() if isinstance(e, TrtbuildError) else f"{type(e).__name__}: {e}"
                 raise
@@ -203,6 +204,7 @@ class Runner:
                 out = stage.run(ctx)
         except BaseException as e:
             rec.status, rec.seconds = "failed", time.monotonic() - start
+            self._point_at_recipe(e)
             rec.reason = e.one_line() if isinstance(e, TrtbuildError) else f"{type(e).__name__}: {e}"
             self.reporter.stage_failed(stage.name, rec.reason)
             import shutil
@@ -223,6 +225,11 @@ class Runner:
         verdict = "" if result.passed is None else ("PASS" if result.passed else "FAIL")
         self.reporter.stage_done(stage.name, seconds, verdict)
         return result
+
+    def _point_at_recipe(self, e: BaseException) -> None:
+        """An error about a recipe field (a GGUF file that is not there) names FILE:LINE."""
+        if isinstance(e, TrtbuildError) and len(e.args) == 1 and isinstance(e.args[0], str):
+            e.args = (self.loaded.with_origin(e.args[0]),)
 
     @staticmethod
     def _accept(rec: StageRecord, result: StageResult, status: str, reason: str) -> None:

@@ -262,3 +262,16 @@ def test_cli_plan_json_lists_seven_stages() -> None:
     data = json.loads(r.stdout)
     assert [s["name"] for s in data["stages"]] == [
         "fetch", "quantize", "build", "accuracy", "throughput", "release", "publish"]
+
+
+def test_runtime_errors_about_a_field_point_at_its_line(tmp_path: Path) -> None:
+    """A GGUF file that is not there is found at fetch time; the error still names FILE:LINE."""
+    base = write(tmp_path, CPU_RECIPE, "base.yaml")
+    child = write(tmp_path, f"extends: {base.name}\nname: child\nsource:\n  gguf:\n    package: p\n"
+                            "    file: nope.gguf\n  dtype: bfloat16\n", "child.yaml")
+    loaded = load_recipe(child)
+    msg = "source.gguf.file: nope.gguf not found in /x"
+    assert loaded.with_origin(msg) == f"{child}:6: {msg}"
+    assert loaded.with_origin("build.max_batch_size: too big").startswith(f"{base}:")  # from the base
+    assert loaded.with_origin("no field here: text") == "no field here: text"
+    assert loaded.with_origin("nosuch.field: x") == "nosuch.field: x"
