@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -71,6 +72,33 @@ class StageContext:
 
     def progress(self, description: str, total: float | None = None) -> Any:
         return self.reporter.task(description, total)
+
+    def transfer_progress(self) -> _TransferTask:
+        """Byte progress for a store put/get (bars with MB/s, or a line every 10 s in logs)."""
+        return _TransferTask(self.reporter)
+
+
+class _TransferTask:
+    """A store's TransferProgress on a reporter task; close() when the transfer is over."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._reporter = reporter
+        self._task: Any = None
+        self._lock = threading.Lock()
+
+    def start(self, total_bytes: int, description: str) -> None:
+        self._task = self._reporter.task(description, total_bytes, bytes_=True)
+        self._task.__enter__()
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:  # store workers call this from several threads
+            if self._task is not None:
+                self._task.advance(nbytes)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.__exit__(None, None, None)
+            self._task = None
 
 
 class Stage:

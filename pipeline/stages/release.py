@@ -35,7 +35,11 @@ class ReleaseStage(Stage):
         bundle_dir = Path(ctx.inputs["build"].outputs["bundle"])
         bundle_id = str(ctx.inputs["build"].summary["bundle_id"])
         store = open_store(r.store, concurrency=r.upload_concurrency)
-        stored = store.put(bundle_dir)
+        bar = ctx.transfer_progress()
+        try:
+            stored = store.put(bundle_dir, progress=bar)
+        finally:
+            bar.close()
         ctx.reporter.info(f"stored bundle {bundle_id[:12]} at {stored.uri} ({stored.uploaded_bytes} bytes uploaded, "
                           f"{stored.skipped_files} files already there)")
         gates = {name: ctx.inputs[name].passed for name in ("accuracy", "throughput")
