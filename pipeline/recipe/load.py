@@ -161,6 +161,13 @@ def _load_tree(path: Path, shown: str, chain: list[Path]) -> tuple[dict[str, Any
     return merged, merged_origins, files + base_files
 
 
+def recipe_files(path: str | Path) -> list[Path]:
+    """The recipe and every base it extends, child first, without validating or reading the
+    environment (so `plan --changed-since` can map a changed base to its children even where a
+    child needs variables that are not set)."""
+    return _load_tree(Path(path), str(path), [])[2]
+
+
 # --------------------------------------------------------------------------- ${VAR}
 def _interpolate(obj: Any, path: FieldPath, env: dict[str, str], used: list[str],
                  origins: dict[FieldPath, Origin], problems: _Problems) -> Any:
