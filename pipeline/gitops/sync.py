@@ -136,6 +136,79 @@ def fetch_bundle(store_uri: str, bundle_id: str, cache: Path) -> Path:
     return open_store(store_uri).get(bundle_id, dest)
 
 
+# --------------------------------------------------------------------------- repositories
+class LocalRepo:
+    """A model repository directory on this host: ModelDir plus publish/rollback."""
+
+    def __init__(self, path: Path) -> None:
+        self.root = path.resolve()
+        self.where = str(self.root)
+
+    def served(self, model: str) -> list[int]:
+        from pipeline.triton.repository import ModelDir
+
+        return ModelDir(self.root / model).served_versions()
+
+    def bundle_id(self, model: str, version: int) -> str | None:
+        from pipeline.triton.repository import ModelDir
+
+        return ModelDir(self.root / model).bundle_id(version)
+
+    def version_of(self, model: str, bundle_id: str) -> int | None:
+        from pipeline.triton.repository import ModelDir
+
+        return ModelDir(self.root / model).version_of(bundle_id)
+
+    def switch(self, model: str, version: int, url: str | None, timeout: float) -> dict[str, float]:
+        from pipeline.triton.publish import rollback
+
+        return rollback(self.root, model, server_url=url, to=version, load_timeout=timeout).seconds
+
+    def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
+                timeout: float) -> tuple[int, dict[str, float]]:
+        from pipeline.triton.publish import publish_bundle
+
+        pub = publish_bundle(bundle_dir, self.root, model, facts=facts, keep=m.keep_versions, server_url=url,
+                             load_timeout=timeout, instances=m.instances)
+        return pub.version, pub.seconds
+
+
+class S3Repo:
+    """An s3://bucket/prefix model repository (pipeline/triton/s3_repository.py)."""
+
+    def __init__(self, uri: str) -> None:
+        from pipeline.triton.s3_repository import S3ModelRepository
+
+        self.repo = S3ModelRepository(uri)
+        self.where = self.repo.uri
+
+    def served(self, model: str) -> list[int]:
+        return self.repo.served_versions(model)
+
+    def bundle_id(self, model: str, version: int) -> str | None:
+        return self.repo.bundle_id(model, version)
+
+    def version_of(self, model: str, bundle_id: str) -> int | None:
+        return self.repo.version_of(model, bundle_id)
+
+    def switch(self, model: str, version: int, url: str | None, timeout: float) -> dict[str, float]:
+        from pipeline.triton.s3_repository import switch_s3
+
+        return switch_s3(self.repo, model, version, server_url=url, load_timeout=timeout)
+
+    def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
+                timeout: float) -> tuple[int, dict[str, float]]:
+        from pipeline.triton.s3_repository import publish_bundle_s3
+
+        pub = publish_bundle_s3(bundle_dir, self.repo, model, facts=facts, keep=m.keep_versions, server_url=url,
+                                load_timeout=timeout, instances=m.instances)
+        return pub.version, pub.seconds
+
+
+def open_repo(repository: str) -> LocalRepo | S3Repo:
+    return S3Repo(repository) if repository.startswith("s3://") else LocalRepo(Path(repository))
+
+
 # --------------------------------------------------------------------------- sync
 def sync(state: DesiredState, *, dry_run: bool = False, server_url: str | None = None,
          cache: Path = BUNDLE_CACHE, load_timeout: float = 300.0) -> SyncResult:
@@ -144,14 +217,10 @@ def sync(state: DesiredState, *, dry_run: bool = False, server_url: str | None =
     from pipeline.registry.mlflow_registry import open_registry
 
     url = server_url or state.server_url
-    if state.repository.startswith("s3://"):
-        from pipeline.gitops import s3_sync
-
-        return s3_sync.sync_s3(state, dry_run=dry_run, server_url=url, cache=cache, load_timeout=load_timeout)
-    repo = Path(state.repository).resolve()
+    repo = open_repo(state.repository)
     registry = open_registry(state.registry) if state.registry else None
     facts = facts_for_target(state.target) if state.target else (detect_runtime() or facts_for_target("cpu"))
-    out = SyncResult(state.environment, str(repo), url, dry_run, [])
+    out = SyncResult(state.environment, repo.where, url, dry_run, [])
     for name, m in state.models.items():
         ms = ModelSync(name, m.selector)
         out.models.append(ms)
@@ -162,43 +231,37 @@ def sync(state: DesiredState, *, dry_run: bool = False, server_url: str | None =
     return out
 
 
-def _sync_model(ms: ModelSync, state: DesiredState, name: str, m: ModelState, registry: Any, repo: Path,
-                facts: Any, url: str | None, dry_run: bool, cache: Path, load_timeout: float) -> None:
-    from pipeline.triton.publish import publish_bundle, rollback
-    from pipeline.triton.repository import ModelDir
-
+def _sync_model(ms: ModelSync, state: DesiredState, name: str, m: ModelState, registry: Any,
+                repo: LocalRepo | S3Repo, facts: Any, url: str | None, dry_run: bool, cache: Path,
+                load_timeout: float) -> None:
     r = resolve(state, name, m, registry)
     ms.bundle_id, ms.registry_version = r.bundle_id, r.registry_version
-    md = ModelDir(repo / name)
-    served = md.served_versions()
+    served = repo.served(name)
     if served:
         ms.from_version = max(served)
-        ms.from_bundle = md.bundle_id(ms.from_version)
-    on_disk = md.version_of(r.bundle_id)
+        ms.from_bundle = repo.bundle_id(name, ms.from_version)
+    on_disk = repo.version_of(name, r.bundle_id)
     ms.to_version = on_disk
     if on_disk is not None and served == [on_disk]:
         ms.action = "in-sync"
         if url and on_disk not in _ready(url, name):
-            ms.action = "load"  # right on disk, not serving (a restarted server): load it
+            ms.action = "load"  # right in the repository, not serving (a restarted server): load it
             if not dry_run:
                 _load(url, name, on_disk, load_timeout)
     elif on_disk is not None:
-        ms.action = "switch"
+        ms.action = "switch"  # the rollback path: that bundle is already a version here
         if not dry_run:
-            res = rollback(repo, name, server_url=url, to=on_disk, load_timeout=load_timeout)
-            ms.seconds = res.seconds
+            ms.seconds = repo.switch(name, on_disk, url, load_timeout)
     else:
         ms.action = "publish"
         if not dry_run:
             bundle_dir = fetch_bundle(r.store, r.bundle_id, cache)
-            pub = publish_bundle(bundle_dir, repo, name, facts=facts, keep=m.keep_versions, server_url=url,
-                                 load_timeout=load_timeout, instances=m.instances)
-            ms.to_version, ms.seconds = pub.version, pub.seconds
+            ms.to_version, ms.seconds = repo.publish(name, bundle_dir, facts, m, url, load_timeout)
     if dry_run:
         if ms.action != "in-sync":
             ms.action = f"would-{ms.action}"
         return
-    _check(ms, md, url)
+    _check(ms, repo, url)
 
 
 def _ready(url: str, model: str) -> list[int]:
@@ -215,11 +278,12 @@ def _load(url: str, model: str, version: int, timeout: float) -> None:
     control.wait_ready(model, version, timeout=timeout)
 
 
-def _check(ms: ModelSync, md: Any, url: str | None) -> None:
+def _check(ms: ModelSync, repo: LocalRepo | S3Repo, url: str | None) -> None:
     """After the change: the repository, and the server when given, serve exactly the bundle."""
     v = ms.to_version
-    if v is None or md.served_versions() != [v] or md.bundle_id(v) != ms.bundle_id:
-        raise DriftError(f"after sync the repository serves {md.served_versions()} of {md.root}, "
+    served = repo.served(ms.model)
+    if v is None or served != [v] or repo.bundle_id(ms.model, v) != ms.bundle_id:
+        raise DriftError(f"after sync {repo.where} serves {ms.model} versions {served}, "
                          f"not the bundle {str(ms.bundle_id)[:12]}")
     if url and v not in _ready(url, ms.model):
         raise DriftError(f"after sync Triton at {url} does not report version {v} ready")
