@@ -91,3 +91,41 @@ def test_sync_into_an_s3_repository(s3_env: S3Service, s3_uri: str, released: di
     assert load.errors == [] and collapse(load.versions) == [2, 1]
     assert repo.versions(MODEL) == [1, 2] and ModelControl(url).ready_versions(MODEL) == [1]
     print(f"\ns3 sync: switch back seconds {back.models[0].seconds}")  # type: ignore[attr-defined]
+
+
+def test_pipeline_publish_stage_into_s3(s3_env: S3Service, s3_uri: str, tmp_path: Path) -> None:
+    """`trtbuild run` with publish.repository s3://...: the stage writes the version there, and a
+    second run finds it still valid (skips)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+    from tests.tiny_model import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "src")
+    recipe = {
+        "name": "tiny-s3", "source": {"path": "src", "dtype": "float32"}, "target": {"gpu": "cpu"},
+        "quantize": {"algo": "fp8", "kv_cache": "fp8", "calibration": {"samples": 4, "seq_len": 32}},
+        "build": {"backend": "reference", "max_batch_size": 4, "max_seq_len": 256, "max_num_tokens": 512},
+        "gates": {"accuracy": {"enabled": False}, "throughput": {"enabled": False}},
+        "release": {"model_name": "tiny-s3", "store": f"file://{tmp_path / 'store'}",
+                    "registry": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "publish": {"repository": f"{s3_uri}/repo", "model_name": "tiny", "server_url": ""},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    argv = [sys.executable, "-m", "pipeline.cli.__main__", "run", str(tmp_path / "r.yaml"), "--json",
+            "--artifacts", str(tmp_path / "artifacts")]
+    runs = []
+    for _ in range(2):
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), check=False,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append({s["name"]: s["status"] for s in json.loads(r.stdout)["stages"]})
+    assert runs[0]["publish"] == "done" and runs[1]["publish"] == "skipped"
+    repo = S3ModelRepository(f"{s3_uri}/repo")
+    assert repo.versions("tiny") == [1] and repo.served_versions("tiny") == [1]
+    assert repo.bundle_id("tiny", 1) is not None
