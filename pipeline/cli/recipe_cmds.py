@@ -56,9 +56,9 @@ def validate(recipes: tuple[Path, ...], json_mode: bool) -> None:
 @click.option("--changed-since", "changed_since", metavar="REF",
               help="Instead of one recipe's stages: the recipes that REF..HEAD changed (directly or "
                    "through extends), each with its GPU, for a CI build matrix.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github-matrix"]), default="text",
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github-matrix", "markdown"]), default="text",
               show_default=True, help="With --changed-since: github-matrix prints {\"include\": [...]} "
-                                      "for strategy.matrix on stdout.")
+                                      "for strategy.matrix on stdout; markdown a table for a job summary.")
 @click.option("--recipes-dir", type=click.Path(path_type=Path), default=Path("recipes"), show_default=True,
               help="With --changed-since: where the recipes are (bases in its subdirectories).")
 @ARTIFACTS
@@ -109,6 +109,8 @@ def _plan_changes(ref: str, fmt: str, recipes_dir: Path, json_mode: bool) -> Non
         out.human(f"  [yellow]removed[/] {r}: not planned (its released versions stay in the registry)")
     if fmt == "github-matrix" and not res.problems:
         click.echo(json.dumps(res.matrix(), separators=(",", ":")))
+    elif fmt == "markdown":
+        click.echo(res.markdown(), nl=False)
     else:
         out.result(res.to_json())
     if res.problems:

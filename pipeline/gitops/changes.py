@@ -62,6 +62,19 @@ class ChangePlan:
         """GitHub Actions `strategy.matrix` (an empty include means: nothing to build)."""
         return {"include": [p.matrix_entry() for p in self.planned]}
 
+    def markdown(self) -> str:
+        """A table for a pull request or a CI job summary ($GITHUB_STEP_SUMMARY)."""
+        lines = [f"### Recipes changed since `{self.ref}` ({self.base_commit[:12]}..{self.head_commit[:12]})", ""]
+        if self.planned:
+            lines += ["| recipe | name | gpu | tp | runner | because |", "| --- | --- | --- | --- | --- | --- |"]
+            lines += [f"| `{p.recipe}` | {p.name} | {p.gpu} | {p.tensor_parallel} | `{p.runner}` | "
+                      f"{'<br>'.join(p.because)} |" for p in self.planned]
+        else:
+            lines.append("Nothing to build.")
+        lines += [f"- removed: `{r}` (not built; its released versions stay in the registry)" for r in self.removed]
+        lines += [f"- problem: `{line}`" for line in self.problems]
+        return "\n".join(lines) + "\n"
+
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "base_commit": self.base_commit, "head_commit": self.head_commit,
                 "changes": [asdict(c) for c in self.changes],
