@@ -203,3 +203,27 @@ def test_k8s_manifest() -> None:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "trtbuild-s3"
     assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_run_pipeline_run_publishes_gate_reports_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    """`run` copies the gate reports the run summary names into artifacts/reports and the job
+    summary, also when a gate failed (exit 3, passed on)."""
+    report = tmp_path / "cache" / "accuracy.md"
+    report.parent.mkdir()
+    report.write_text("| check | value |\n| --- | --- |\n| top-1 agreement | 0.80 FAIL |\n")
+    run_summary = {"run_id": "r1", "status": "failed", "stages": [
+        {"name": "accuracy", "status": "failed", "outputs": {"markdown": str(report)}},
+        {"name": "build", "status": "done", "outputs": {"bundle": "/nowhere"}}]}
+    shim = tmp_path / "trtbuild"
+    shim.write_text(f"#!/bin/sh\necho '{json.dumps(run_summary)}'\necho 'gate failed' >&2\nexit 3\n")
+    shim.chmod(0o755)
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "TRTBUILD": str(shim), "PYTHON": sys.executable, "CI_SUMMARY_FILE": str(summary),
+           "TRTBUILD_ARTIFACTS": str(tmp_path / "artifacts")}
+    res = subprocess.run(["bash", str(ROOT / "ci" / "run-pipeline.sh"), "run", "recipes/x.yaml"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert res.returncode == 3, res.stderr
+    md = summary.read_text()
+    assert "## trtbuild run `recipes/x.yaml` (exit 3)" in md and "0.80 FAIL" in md
+    assert (tmp_path / "artifacts" / "reports" / "accuracy.md").read_text() == report.read_text()
+    assert json.loads((tmp_path / "artifacts" / "run-summary.json").read_text())["run_id"] == "r1"
