@@ -13,8 +13,9 @@ from pipeline.cli.output import Output
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-@click.option("--server-url", envvar="TRTBUILD_TRITON_URL", default=None,
-              help="Triton HTTP URL to switch live (default: the file's server_url, then $TRTBUILD_TRITON_URL).")
+# no envvar here: the file names its own variable (production and staging must not share one)
+@click.option("--server-url", default=None,
+              help="Triton HTTP URL to switch live (default: the file's server_url).")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("artifacts/bundles"), show_default=True,
               help="Where bundles fetched from the store are kept (verified again before publishing).")
 @click.option("--load-timeout", type=float, default=300.0, show_default=True, help="Seconds a model load may take.")
