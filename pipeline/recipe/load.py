@@ -9,10 +9,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import RecipeError
 from pipeline.recipe import rules
@@ -174,6 +174,13 @@ def _load_tree(path: Path, shown: str, chain: list[Path]) -> tuple[dict[str, Any
     return merged, merged_origins, files + base_files
 
 
+def recipe_files(path: str | Path) -> list[Path]:
+    """The recipe and every base it extends, child first, without validating or reading the
+    environment (so `plan --changed-since` can map a changed base to its children even where a
+    child needs variables that are not set)."""
+    return _load_tree(Path(path), str(path), [])[2]
+
+
 # --------------------------------------------------------------------------- ${VAR}
 def _interpolate(obj: Any, path: FieldPath, env: dict[str, str], used: list[str],
                  origins: dict[FieldPath, Origin], problems: _Problems) -> Any:
@@ -249,18 +256,7 @@ def load_recipe(path: str | Path, *, env: dict[str, str] | None = None) -> Loade
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        for err in e.errors(include_url=False):
-            loc = tuple(x for x in err["loc"])
-            # pydantic reports union/model errors with the model name in loc; keep field names only
-            loc = tuple(x for x in loc if not (isinstance(x, str) and x[:1].isupper()))
-            if loc in env_problem_paths:
-                continue  # already reported: the variable is unset
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown field; {_known_fields(loc[:-1])}"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            problems.add(_origin_for(origins, loc, top), loc, msg)
+        _add_validation_problems(e, Recipe, origins, top, env_problem_paths, problems)
         raise RecipeError(problems.items) from None
     if problems.items:
         raise RecipeError(problems.items)
@@ -276,15 +272,55 @@ def load_recipe(path: str | Path, *, env: dict[str, str] | None = None) -> Loade
                         env_vars=sorted(set(used)))
 
 
-def _known_fields(loc: FieldPath) -> str:
-    model: Any = Recipe
+def _add_validation_problems(e: ValidationError, root: type[BaseModel], origins: dict[FieldPath, Origin],
+                             top: Origin, skip: set[FieldPath], problems: _Problems) -> None:
+    for err in e.errors(include_url=False):
+        loc = tuple(x for x in err["loc"])
+        # pydantic reports union/model errors with the model name in loc; keep field names only
+        loc = tuple(x for x in loc if not (isinstance(x, str) and x[:1].isupper()))
+        if loc in skip:
+            continue  # already reported: the variable is unset
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; {_known_fields(loc[:-1], root)}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        problems.add(_origin_for(origins, loc, top), loc, msg)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: str | Path, model: type[M], *, env: dict[str, str] | None = None) -> tuple[M, dict[str, Any]]:
+    """Any strict YAML file the way recipes load (line numbers, duplicate keys, ${VAR}, every
+    problem as FILE:LINE: field: message), validated by `model`. Returns (model, declared data)."""
+    shown = str(path)
+    declared, origins = _parse_yaml(Path(path), shown)
+    problems = _Problems()
+    data = _interpolate(declared, (), dict(os.environ if env is None else env), [], origins, problems)
+    skip = set(problems.paths)
+    try:
+        obj = model.model_validate(data)
+    except ValidationError as e:
+        _add_validation_problems(e, model, origins, (shown, 1), skip, problems)
+        raise RecipeError(problems.items) from None
+    if problems.items:
+        raise RecipeError(problems.items)
+    return obj, declared
+
+
+def _known_fields(loc: FieldPath, root: type[BaseModel] = Recipe) -> str:
+    model: Any = root
+    key_next = False  # after a dict field, the next part is one of its keys, not a field
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or key_next:
+            key_next = False
             continue
         f = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if f is None:
             return "check the spelling"
         ann = f.annotation
+        key_next = any(get_origin(a) is dict for a in (ann, *get_args(ann)))
         model = _model_in(ann)
         if model is None:
             return "check the spelling"
@@ -293,8 +329,6 @@ def _known_fields(loc: FieldPath) -> str:
 
 
 def _model_in(ann: Any) -> Any:
-    from pydantic import BaseModel
-
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
     for a in getattr(ann, "__args__", ()) or ():

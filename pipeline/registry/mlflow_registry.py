@@ -378,6 +378,12 @@ class MlflowRegistry:
         with self.errors(f"get {model} v{version}"):
             return dict(self.client.get_model_version(model, str(version)).tags)
 
+    def version_source(self, model: str, version: int) -> tuple[str, str | None]:
+        """(source URI, bundle digest tag) of a registered version; RegistryError if there is none."""
+        with self.errors(f"get {model} v{version}"):
+            mv = self.client.get_model_version(model, str(version))
+        return str(mv.source), dict(mv.tags or {}).get(TAG_DIGEST)
+
     # ---- aliases
     def set_alias(self, model: str, alias: str, version: int) -> None:
         check_alias(alias)

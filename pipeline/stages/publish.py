@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
@@ -32,20 +31,23 @@ class PublishStage(Stage):
         return loaded.recipe.publish.enabled
 
     def _repo(self, loaded: LoadedRecipe) -> Path:
-        repo = loaded.recipe.publish.repository
-        if repo.startswith("s3://"):
-            raise NotImplementedStageError("publish", "publishing into an s3:// model repository is not wired yet; "
-                                           "use a local path")
-        return Path(repo).resolve()
+        return Path(loaded.recipe.publish.repository).resolve()
 
     def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
         from pipeline.triton.repository import ModelDir
+        from pipeline.triton.s3_repository import S3ModelRepository
 
-        md = ModelDir(self._repo(ctx.loaded) / ctx.loaded.recipe.triton_model_name)
+        model = ctx.loaded.recipe.triton_model_name
         v = result.summary.get("version")
-        if not isinstance(v, int) or md.bundle_id(v) != result.summary.get("bundle_id"):
+        if ctx.loaded.recipe.publish.repository.startswith("s3://"):
+            s3 = S3ModelRepository(ctx.loaded.recipe.publish.repository)
+            bundle_id, served = (s3.bundle_id(model, v) if isinstance(v, int) else None), s3.served_versions(model)
+        else:
+            md = ModelDir(self._repo(ctx.loaded) / model)
+            bundle_id, served = (md.bundle_id(v) if isinstance(v, int) else None), md.served_versions()
+        if bundle_id is None or bundle_id != result.summary.get("bundle_id"):
             return "the published version is no longer in the repository"
-        if v not in md.served_versions():
+        if v not in served:
             return f"version {v} is no longer the served version (rolled back?)"
         url = ctx.recipe.publish.server_url
         if url:
@@ -62,12 +64,18 @@ class PublishStage(Stage):
 
     def run(self, ctx: StageContext) -> StageOutput:
         from pipeline.triton.publish import publish_bundle
+        from pipeline.triton.s3_repository import S3ModelRepository, publish_bundle_s3
 
         p = ctx.recipe.publish
-        published = publish_bundle(
-            Path(ctx.inputs["build"].outputs["bundle"]), self._repo(ctx.loaded), ctx.recipe.triton_model_name,
-            facts=runtime_facts(ctx.loaded), keep=p.keep_versions, server_url=p.server_url or None,
-            load_timeout=p.load_timeout_s, smoke_prompt=p.smoke_prompt, instances=p.instances)
+        bundle = Path(ctx.inputs["build"].outputs["bundle"])
+        kwargs: dict[str, Any] = {
+            "facts": runtime_facts(ctx.loaded), "keep": p.keep_versions, "server_url": p.server_url or None,
+            "load_timeout": p.load_timeout_s, "smoke_prompt": p.smoke_prompt, "instances": p.instances}
+        if p.repository.startswith("s3://"):
+            published = publish_bundle_s3(bundle, S3ModelRepository(p.repository), ctx.recipe.triton_model_name,
+                                          **kwargs)
+        else:
+            published = publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs)
         ctx.reporter.info(f"published {published.model} version {published.version} "
                           f"(bundle {published.bundle_id[:12]}) into {published.repository}")
         self._record_deployment(ctx, f"{published.repository}/{published.model}@v{published.version}")

@@ -277,7 +277,7 @@ class TritonServer:
         self.host = "127.0.0.1"
         self.http_port: int | None = None
         self.grpc_port: int | None = None
-        self.repository: Path | None = None
+        self.repository: Path | str | None = None  # str: an s3:// repository
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._started_at = 0.0
@@ -301,7 +301,7 @@ class TritonServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, repository: Path, *, http_port: int | None = None, grpc_port: int | None = None,
+    def start(self, repository: Path | str, *, http_port: int | None = None, grpc_port: int | None = None,
               host: str = "127.0.0.1", model_control: ModelControlMode = "explicit",
               load: Sequence[str] = (), timeout: float | None = None) -> TritonServer:
         """Start and wait until /v2/health/live answers (models in `load` are loaded by then).
@@ -316,9 +316,14 @@ class TritonServer:
             raise UsageError(f"model_control must be none, poll or explicit, got {model_control!r}")
         if load and model_control != "explicit":
             raise UsageError("load= needs model_control='explicit'")
-        repo = Path(repository).absolute()
-        if not repo.is_dir():
-            raise ServiceError(f"model repository {repo} is not a directory")
+        repo: Path | str
+        if str(repository).startswith("s3://"):
+            # Triton reads it itself (s3://host:port/bucket/prefix; AWS_* from the environment)
+            repo = str(repository)
+        else:
+            repo = Path(repository).absolute()
+            if not repo.is_dir():
+                raise ServiceError(f"model repository {repo} is not a directory")
         attempts = 1 if http_port is not None or grpc_port is not None else 3
         attempt = 0
         while True:
@@ -391,7 +396,7 @@ class TritonServer:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _launch(self, repo: Path, *, http_port: int, grpc_port: int, host: str, mode: str,
+    def _launch(self, repo: Path | str, *, http_port: int, grpc_port: int, host: str, mode: str,
                 load: Sequence[str], timeout: float) -> None:
         hp, gp = http_port, grpc_port
         argv = server_argv(self.install, repo, http_port=hp, grpc_port=gp, host=host, mode=mode,

@@ -25,8 +25,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from filelock import FileLock
 
@@ -77,31 +79,77 @@ class _Timer:
         return time.monotonic() - self.t0
 
 
-def switch_version(control: ModelControl, repository: Path, model: str, version: int, *,
+class ConfigSource(Protocol):
+    """Where one model's config.pbtxt and version directories live (a local directory, S3)."""
+
+    def check(self, version: int) -> None:
+        """ServiceError unless config.pbtxt and the version directory exist."""
+
+    def read(self) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def lock(self, timeout: float) -> AbstractContextManager[object]: ...
+
+    def local_version_dir(self, version: int) -> Path | None:
+        """The directory a python stub of `version` runs from on this host (to end a hung load)."""
+
+
+@dataclass
+class LocalConfig:
+    """config.pbtxt in a local model repository: replaced by temporary file + rename, mode kept."""
+
+    repository: Path
+    model: str
+
+    @property
+    def path(self) -> Path:
+        return self.repository / self.model / "config.pbtxt"
+
+    def check(self, version: int) -> None:
+        if not self.path.is_file():
+            raise ServiceError(f"no config.pbtxt for model '{self.model}' in {self.repository}")
+        vdir = self.repository / self.model / str(int(version))
+        if not vdir.is_dir():
+            raise ServiceError(f"model '{self.model}' has no version directory {vdir}")
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
+
+    def write(self, data: bytes) -> None:
+        mode = self.path.stat().st_mode & 0o7777
+        _write(self.path, data, mode)
+
+    def lock(self, timeout: float) -> AbstractContextManager[object]:
+        return FileLock(str(self.repository / f".{self.model}.switch.lock"), timeout=timeout)
+
+    def local_version_dir(self, version: int) -> Path | None:
+        return self.repository / self.model / str(version)
+
+
+def switch_version(control: ModelControl, repository: Path | None, model: str, version: int, *,
                    timeout: float = 300.0, smoke: Callable[[int], object] | None = None,
-                   restore_timeout: float = 120.0, kill_hung_stubs: bool = True) -> SwitchResult:
+                   restore_timeout: float = 120.0, kill_hung_stubs: bool = True,
+                   config: ConfigSource | None = None) -> SwitchResult:
     """Make `version` the only version of `model` that serves, without downtime.
 
     `timeout` bounds the load plus readiness wait; `smoke(version)` runs once the version is
     ready and fails the switch by raising. Raises SwitchError after restoring the previous
     config.pbtxt and reloading, or ServiceError before touching anything when the target
-    version directory or config.pbtxt is missing.
+    version directory or config.pbtxt is missing. `config` says where the model lives when it
+    is not `repository/model` on this host (an s3:// repository).
     """
     total = _Timer()
-    repo = Path(repository)
-    model_dir = repo / model
-    cfg_path = model_dir / "config.pbtxt"
-    if not cfg_path.is_file():
-        raise ServiceError(f"no config.pbtxt for model '{model}' in {repo}")
-    if not (model_dir / str(int(version))).is_dir():
-        raise ServiceError(f"model '{model}' has no version directory {model_dir / str(version)}")
-    with FileLock(str(repo / f".{model}.switch.lock"), timeout=timeout):
-        old_bytes = cfg_path.read_bytes()
-        mode = cfg_path.stat().st_mode & 0o7777
+    if config is None and repository is None:
+        raise ServiceError("switch_version needs a repository or a config source")
+    config = config if config is not None else LocalConfig(Path(str(repository)), model)
+    config.check(version)
+    with config.lock(timeout):
+        old_bytes = config.read()
         new_text = pbtxt.with_version_policy(old_bytes.decode(), specific=[version])
         previous = control.ready_versions(model)
 
-        _write(cfg_path, new_text.encode(), mode)
+        config.write(new_text.encode())
         load_s = ready_s = smoke_s = 0.0
         stage = "load"
         try:
@@ -120,21 +168,21 @@ def switch_version(control: ModelControl, repository: Path, model: str, version:
                 stage = "timeout"
             elif stage == "load" and not isinstance(e, ModelLoadError):
                 stage = "error"
-            _restore(control, repo, model, version, cfg_path=cfg_path, old_bytes=old_bytes,
-                     mode=mode, cause=e, reason=stage, restore_timeout=restore_timeout,
-                     kill_hung_stubs=kill_hung_stubs)
+            _restore(control, config, model, version, old_bytes=old_bytes, cause=e, reason=stage,
+                     restore_timeout=restore_timeout, kill_hung_stubs=kill_hung_stubs)
             raise  # _restore raises SwitchError; this re-raises KeyboardInterrupt and the like
         return SwitchResult(model=model, version=version, previous_versions=previous,
                             load_s=load_s, ready_s=ready_s, smoke_s=smoke_s, total_s=total())
 
 
-def _restore(control: ModelControl, repo: Path, model: str, version: int, *, cfg_path: Path,
-             old_bytes: bytes, mode: int, cause: BaseException, reason: str,
+def _restore(control: ModelControl, config: ConfigSource, model: str, version: int, *,
+             old_bytes: bytes, cause: BaseException, reason: str,
              restore_timeout: float, kill_hung_stubs: bool) -> None:
-    _write(cfg_path, old_bytes, mode)
+    config.write(old_bytes)
     killed: list[int] = []
-    if reason == "timeout" and kill_hung_stubs:
-        killed = kill_stubs(repo / model / str(version))
+    vdir = config.local_version_dir(version)
+    if reason == "timeout" and kill_hung_stubs and vdir is not None:
+        killed = kill_stubs(vdir)
     restored = False
     note = ""
     if reason == "timeout" and not killed:
