@@ -55,7 +55,7 @@ class PublishStage(Stage):
             from pipeline.triton.control import ModelControl
 
             try:
-                ready = ModelControl(url, timeout=5.0).is_ready(md.name, v)
+                ready = ModelControl(url, timeout=5.0).is_ready(model, v)
             except ServiceError:
                 ready = False
             if not ready:
