@@ -451,7 +451,7 @@ class _PortClashError(Exception):
     pass
 
 
-def server_argv(install: TritonInstall, repo: Path, *, http_port: int, grpc_port: int, host: str,
+def server_argv(install: TritonInstall, repo: Path | str, *, http_port: int, grpc_port: int, host: str,
                 mode: str, load: Sequence[str] = (), exit_timeout: int = 5,
                 extra_args: Sequence[str] = ()) -> list[str]:
     """The tritonserver command line trtbuild uses everywhere (tests, serve, local up)."""
