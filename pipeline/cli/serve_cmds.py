@@ -74,33 +74,62 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 
 @click.command()
 @click.argument("model")
-@click.option("--to", "to_version", type=int, help="Version to serve (default: the previous one).")
+@click.option("--to", "to_version", type=int, help="Triton version to serve (default: the previous one).")
 @REPO
 @SERVER
 @click.option("--registry", "registry", default=None, is_flag=False, flag_value="env",
-              help="Also move MLflow's 'production' alias back (URI, or bare for $MLFLOW_TRACKING_URI).")
-@click.option("--triton/--no-triton", default=True, help="Switch the Triton repository back (default on).")
+              help="Move MLflow's 'production' alias back one version and serve the bundle it now "
+                   "points at (URI, or bare for $MLFLOW_TRACKING_URI).")
+@click.option("--registered-model", help="MLflow registered model (default: MODEL; a recipe's "
+                                         "release.model_name when it differs from publish.model_name).")
+@click.option("--triton/--no-triton", default=True, help="Change what Triton serves (default on).")
 @common
 def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, registry: str | None,
-             triton: bool, json_mode: bool) -> None:
-    """Serve the previous (or --to) version of MODEL again, through load, ready and smoke."""
+             registered_model: str | None, triton: bool, json_mode: bool) -> None:
+    """Serve the previous (or --to) version of MODEL again, through load, ready and smoke.
+
+    With --registry the registry decides: `production` moves back to the version it replaced
+    and MODEL serves that version's bundle (switched to if it is still in the repository,
+    otherwise fetched from the store, verified and published).
+    """
     import os
 
-    from pipeline.triton.publish import rollback as do_rollback
+    from pipeline.errors import UsageError
 
     out = Output(json_mode=json_mode)
     result: dict[str, object] = {"model": model}
-    if registry is not None:
-        from pipeline.registry.mlflow_registry import open_registry
+    if registry is None:
+        if not triton:
+            raise UsageError("rollback --no-triton needs --registry: there is nothing else to roll back")
+        from pipeline.triton.publish import rollback as do_rollback
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///artifacts/mlflow.db") if registry == "env" else registry
-        was, now = open_registry(uri).rollback(model)
-        result["registry"] = {"from": was, "to": now}
-        out.human(f"{model}: production alias {was} -> {now}")
-    if triton:
         res = do_rollback(repository, model, server_url=server_url, to=to_version)
         result["triton"] = res.to_json()
         out.human(f"{model}: serving version {res.version} (was {res.previous})")
+        out.result(result)
+        return
+    if to_version is not None:
+        raise UsageError("--to picks a Triton version; with --registry the registry picks it "
+                         "(use `trtbuild promote NAME --version V` to choose a registry version)")
+    from pipeline.registry.mlflow_registry import open_registry
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///artifacts/mlflow.db") if registry == "env" else registry
+    name = registered_model or model
+    was, now = open_registry(uri).rollback(name)
+    result["registry"] = {"model": name, "from": was, "to": now}
+    out.human(f"{name}: production alias v{was} -> v{now}")
+    if triton:
+        from pipeline.gitops.desired import DesiredState, ModelState
+        from pipeline.gitops.sync import raise_for_drift, sync
+
+        state = DesiredState(environment="rollback", registry=uri, repository=str(repository),
+                             server_url=server_url or None,
+                             models={model: ModelState(registered_model=name, alias="production")})
+        synced = sync(state)
+        result["triton"] = synced.to_json()
+        for m in synced.models:
+            out.human(m.line())
+        raise_for_drift(synced)
     out.result(result)
 
 
