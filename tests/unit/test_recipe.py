@@ -262,3 +262,12 @@ def test_cli_plan_json_lists_seven_stages() -> None:
     data = json.loads(r.stdout)
     assert [s["name"] for s in data["stages"]] == [
         "fetch", "quantize", "build", "accuracy", "throughput", "release", "publish"]
+
+
+def test_throughput_baseline_endpoint_rules(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, CPU_RECIPE + "gates:\n  throughput:\n    baseline: {kind: endpoint}\n"))
+    assert any("gates.throughput.baseline.url: baseline kind 'endpoint' needs url" in p for p in found), found
+    found = problems(write(tmp_path, CPU_RECIPE + "gates:\n  throughput:\n    baseline: {protocol: triton}\n"))
+    assert any("baseline.protocol: a started vLLM baseline speaks openai" in p for p in found), found
+    ok = CPU_RECIPE + "gates:\n  throughput:\n    baseline: {kind: endpoint, protocol: triton, url: 'http://h:1'}\n"
+    assert load_recipe(write(tmp_path, ok), env={}).recipe.gates.throughput.baseline.model == "baseline"
