@@ -1,12 +1,15 @@
-"""Test-only hooks of the reference runtime: a per-step time floor and a planted slowdown.
+"""Test-only hooks of the reference runtime: a per-step pace and a planted slowdown.
 
 They exist so the throughput gate can be tested with a real tritonserver on a noisy machine:
 
-- `TRTBUILD_TEST_MIN_STEP_S`: every decode step (prefill included) takes at least this long.
-  With a floor well above the model's compute, the time per token is set by the floor, not by
-  whatever else the machine is doing, so two servers of the same model measure the same.
-- `TRTBUILD_FAULT_TOKEN_DELAY_FRACTION`: after each step, sleep this fraction of the step's
-  time: 0.1 is a runtime 10% slower per token (the fault the gate must catch).
+- `TRTBUILD_TEST_MIN_STEP_S`: a batch's steps (prefill included) follow a clock of this period:
+  step k's tokens are sent no earlier than k+1 periods after the batch started. The schedule is
+  absolute, so a step stalled by other processes is made up by the next ones (which skip their
+  sleep) and a request's time stays n x period whatever the machine's load, as long as the model
+  computes a step in less than the period on average.
+- `TRTBUILD_FAULT_TOKEN_DELAY_FRACTION`: every step takes this fraction longer: 0.1 is a runtime
+  10% slower per token (the fault the gate must catch). With a pace, the period grows by it;
+  without one, each step sleeps this fraction of its own time.
 
 Both are read from the environment of the Triton model (the tritonserver's environment), never
 from a recipe, and a model that has one set says so in the server log. Unset: no effect.
@@ -35,14 +38,27 @@ class StepPacing:
     def describe(self) -> str:
         return f"{MIN_STEP_ENV}={self.min_step_s:g} {FAULT_ENV}={self.fault_delay_fraction:g}"
 
-    def finish_step(self, started: float) -> None:
-        """Called when a step's tokens are ready: stretch the step as configured."""
-        if self.min_step_s > 0:
-            left = self.min_step_s - (time.monotonic() - started)
+    def clock(self) -> StepClock:
+        """A clock for one batch, started now (before its prefill)."""
+        return StepClock(self)
+
+
+class StepClock:
+    def __init__(self, pacing: StepPacing) -> None:
+        self.pacing = pacing
+        self.step_start = self.deadline = time.monotonic()
+
+    def tick(self) -> None:
+        """Called when a step's tokens are ready, before they are sent: stretch the step."""
+        p = self.pacing
+        if p.min_step_s > 0:
+            self.deadline += p.min_step_s * (1 + p.fault_delay_fraction)
+            left = self.deadline - time.monotonic()
             if left > 0:
                 time.sleep(left)
-        if self.fault_delay_fraction > 0:
-            time.sleep(self.fault_delay_fraction * (time.monotonic() - started))
+        elif p.fault_delay_fraction > 0:
+            time.sleep(p.fault_delay_fraction * (time.monotonic() - self.step_start))
+        self.step_start = time.monotonic()
 
 
 def pacing_from_env(env: Mapping[str, str] | None = None) -> StepPacing:

@@ -166,16 +166,14 @@ class ReferenceRuntime:
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        step_start = time.monotonic()
+        clock = self.pacing.clock() if self.pacing is not None else None
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].to(torch.float32)
         active = list(range(len(batch)))
         while True:
-            if self.pacing is not None:
-                # before the step's tokens are sent, so the client sees the stretched step
-                self.pacing.finish_step(step_start)
-                step_start = time.monotonic()
+            if clock is not None:  # before the step's tokens are sent: the client sees the stretched step
+                clock.tick()
             keep: list[int] = []
             next_ids: list[int] = []
             for row, idx in enumerate(active):
