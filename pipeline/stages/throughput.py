@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError
+from pipeline.errors import NotImplementedStageError, StageError
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
@@ -49,6 +49,10 @@ class ThroughputStage(Stage):
         if r.build.backend != "reference":
             raise NotImplementedStageError("throughput", f"serving a '{r.build.backend}' candidate needs Triton's "
                                            "TensorRT-LLM backend on a GPU host; not wired yet")
+        try:  # read before any server starts: a bad value fails here, not inside the candidate's model
+            hooks = pacing_from_env()
+        except ValueError as e:
+            raise StageError("throughput", str(e)) from None
         source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
         tok = AutoTokenizer.from_pretrained(source)
         prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
@@ -61,7 +65,6 @@ class ThroughputStage(Stage):
         results = crit.evaluate(cfg.criteria, candidate, baseline)
         points = [*candidate.values(), *baseline.values()]
         passed = all(x.passed for x in results)
-        hooks = pacing_from_env()
         report = {"passed": passed, "criteria": crit.to_json(results),
                   "points": [p.to_json() for p in points], "trials_output_tok_s": trials,
                   "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
