@@ -56,15 +56,20 @@ def evaluate(criteria: list[Criterion], candidate: dict[tuple[str, int], Point],
     return out
 
 
-def markdown(results: list[CriterionResult], points: list[Point]) -> str:
+def table(points: list[Point]) -> list[str]:
+    """The measured points as Markdown table rows (the gate's report and `trtbuild bench`)."""
     rows = ["| workload | conc | endpoint | out tok/s | req/s | goodput | TTFT p50/p99 s | TPOT p50 s | failed |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in sorted(points, key=lambda p: (p.workload, p.concurrency, p.endpoint)):
         rows.append(f"| {p.workload} | {p.concurrency} | {p.endpoint} | {p.output_tok_s:.1f} | {p.req_s:.2f} | "
                     f"{p.goodput:.2f} | {p.ttft['p50']:.3f}/{p.ttft['p99']:.3f} | {p.tpot['p50']:.4f} | {p.failed} |")
+    return rows
+
+
+def markdown(results: list[CriterionResult], points: list[Point]) -> str:
     verdict = "PASS" if all(r.passed for r in results) else "FAIL"
     checks = [f"- {'PASS' if r.passed else '**FAIL**'}: {r.line()}" for r in results]
-    return "\n".join([f"## Throughput gate: {verdict}", "", *rows, "", *checks, ""])
+    return "\n".join([f"## Throughput gate: {verdict}", "", *table(points), "", *checks, ""])
 
 
 def to_json(results: list[CriterionResult]) -> list[dict[str, Any]]:

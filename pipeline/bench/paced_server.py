@@ -54,7 +54,15 @@ def make_app(delay_s: float, *, fail_every: int = 0, slow_factor: float = 1.0) -
             await resp.write(f"data: {json.dumps(msg)}\n\n".encode())
         return resp
 
+    async def models(request: web.Request) -> web.Response:  # what `trtbuild bench` lists without --model
+        return web.json_response({"object": "list", "data": [{"id": "paced", "object": "model"}]})
+
+    async def index(request: web.Request) -> web.Response:
+        return web.json_response([{"name": "paced", "version": "1", "state": "READY"}])
+
     app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v2/repository/index", index)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v2/models/{model}/generate_stream", generate_stream)
     return app

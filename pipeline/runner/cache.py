@@ -40,13 +40,22 @@ class StageCache:
         d.mkdir(parents=True)
         return d
 
-    def commit(self, workdir: Path, result: StageResult) -> StageResult:
-        """Write result.json last, then rename the work dir into place."""
+    def commit(self, workdir: Path, result: StageResult, *, replace: bool = False) -> StageResult:
+        """Write result.json last, then rename the work dir into place.
+
+        `replace`: the run chose to redo a cached output (--force, --from, no longer valid), so
+        the new output wins; a gate re-measured on purpose must not report its old verdict.
+        """
         final = self.dir_for(result.stage, result.fingerprint)
         data = result.to_json()
         data["outputs"] = {k: _relative(v, workdir) for k, v in result.outputs.items()}
         atomic.write_text(workdir / RESULT, json.dumps(data, indent=2, sort_keys=True))
-        if final.exists():  # a concurrent run of another recipe produced the same output
+        if final.exists() and replace:
+            old = final.with_name(f".tmp-old-{final.name[:16]}.{os.getpid()}")  # clean_stale removes leftovers
+            final.rename(old)
+            workdir.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        elif final.exists():  # a concurrent run of another recipe produced the same output
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             workdir.rename(final)

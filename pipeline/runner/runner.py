@@ -176,7 +176,7 @@ class Runner:
             if gate_failures and stage.name in ("release", "publish"):
                 rec.reason = "a gate failed"
                 continue
-            result = self._execute(stage, rec, comp, fp, results, why)
+            result = self._execute(stage, rec, comp, fp, results, why, replace=cached is not None)
             results[stage.name] = result
             if result.passed is False:
                 gate_failures.append(_gate_message(result))
@@ -190,7 +190,7 @@ class Runner:
                             artifacts=self.artifacts, reporter=self.reporter)
 
     def _execute(self, stage: Stage, rec: StageRecord, comp: dict[str, Any], fp: str,
-                 results: dict[str, StageResult | None], why: str) -> StageResult:
+                 results: dict[str, StageResult | None], why: str, *, replace: bool = False) -> StageResult:
         self.cache.clean_stale(stage.name)
         workdir = self.cache.new_workdir(stage.name, fp)
         ctx = self._context(stage, results, workdir)
@@ -218,7 +218,7 @@ class Runner:
         result = StageResult(stage=stage.name, fingerprint=fp, digest=out.digest or digest_dir(workdir),
                              dir=workdir, outputs=outputs, summary=out.summary, passed=out.passed,
                              seconds=seconds, components=comp)
-        result = self.cache.commit(workdir, result)
+        result = self.cache.commit(workdir, result, replace=replace)
         self.cache.remember(self.loaded.recipe.name, stage.name, comp, fp)
         self._accept(rec, result, "done", why)
         rec.seconds = seconds

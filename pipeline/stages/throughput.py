@@ -1,19 +1,24 @@
 """throughput: the served candidate against a vLLM baseline on the same workload and client.
 
 The candidate is served by a private tritonserver (the bundle published into a temporary
-repository); the baseline is vLLM started on loopback from its own interpreter (or an existing
-endpoint). They are measured one after the other, never at the same time, with the same prompts.
+repository); the baseline is vLLM started on loopback from its own interpreter, or an existing
+endpoint (OpenAI or Triton protocol). Both are up for the whole sweep and measured one at a time,
+never together, with the same prompts. Trials alternate between them (candidate first in even
+trials, baseline first in odd ones), so a change in the machine's load during the run lands on
+both sides instead of on whichever was measured second; each side's median trial is compared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError
+from pipeline.errors import NotImplementedStageError, StageError
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
@@ -23,6 +28,7 @@ from pipeline.util import atomic
 class ThroughputStage(Stage):
     name = "throughput"
     inputs = ("fetch", "quantize", "build")
+    code_version = 2  # 2: trials interleaved between candidate and baseline
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.gates.throughput, exclude={"enabled", "baseline.start_timeout_s"})
@@ -33,6 +39,7 @@ class ThroughputStage(Stage):
     def run(self, ctx: StageContext) -> StageOutput:
         from transformers import AutoTokenizer
 
+        from pipeline.backends.reference.pacing import pacing_from_env
         from pipeline.bench import criteria as crit
         from pipeline.bench.plots import plot
         from pipeline.bench.workload import make_prompts
@@ -42,21 +49,32 @@ class ThroughputStage(Stage):
         if r.build.backend != "reference":
             raise NotImplementedStageError("throughput", f"serving a '{r.build.backend}' candidate needs Triton's "
                                            "TensorRT-LLM backend on a GPU host; not wired yet")
+        try:  # read before any server starts: a bad value fails here, not inside the candidate's model
+            hooks = pacing_from_env()
+        except ValueError as e:
+            raise StageError("throughput", str(e)) from None
         source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
         tok = AutoTokenizer.from_pretrained(source)
         prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
                                         prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
-        candidate = self._measure_candidate(ctx, prompts)
-        baseline = self._measure_baseline(ctx, prompts, source)
+        with contextlib.ExitStack() as stack:
+            # the baseline first: vLLM takes a minute to start, and a failure there wastes nothing
+            base_ep = stack.enter_context(self._baseline(ctx, source))
+            cand_ep = stack.enter_context(self._candidate(ctx))
+            candidate, baseline, trials = self._sweep(ctx, cand_ep, base_ep, prompts)
         results = crit.evaluate(cfg.criteria, candidate, baseline)
         points = [*candidate.values(), *baseline.values()]
         passed = all(x.passed for x in results)
         report = {"passed": passed, "criteria": crit.to_json(results),
-                  "points": [p.to_json() for p in points],
+                  "points": [p.to_json() for p in points], "trials_output_tok_s": trials,
                   "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
-                  "workloads": [w.model_dump() for w in cfg.workloads]}
+                  "workloads": [w.model_dump() for w in cfg.workloads],
+                  # a planted fault or pacing in this process's environment reaches the candidate
+                  "candidate_test_hooks": hooks.describe() if hooks.active else None}
         atomic.write_text(ctx.workdir / "throughput.json", json.dumps(report, indent=2, sort_keys=True))
         md = crit.markdown(results, points)
+        if hooks.active:
+            md += f"\nWARNING: the candidate ran with test hooks: {hooks.describe()}\n"
         atomic.write_text(ctx.workdir / "throughput.md", md)
         ttfts = {f"{p.endpoint} {p.workload}@{p.concurrency}": p.ttft_samples for p in points
                  if p.concurrency == max(w.concurrency[-1] for w in cfg.workloads)}
@@ -67,26 +85,35 @@ class ThroughputStage(Stage):
                            summary={"failed": [x.line() for x in results if not x.passed], "metrics": metrics},
                            passed=passed)
 
-    def _sweep(self, ctx: StageContext, endpoint: Any, prompts: dict[str, Any]) -> dict[tuple[str, int], Any]:
+    def _sweep(self, ctx: StageContext, candidate: Any, baseline: Any,
+               prompts: dict[str, Any]) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], Any],
+                                                 dict[str, dict[str, list[float]]]]:
+        """Every (workload, concurrency) point on both endpoints, trials interleaved; median trials."""
         from pipeline.bench.harness import median_point, run_point
 
         cfg = ctx.recipe.gates.throughput
-        out = {}
-        total = sum(len(w.concurrency) * cfg.trials for w in cfg.workloads)
-        with ctx.progress(f"load on {endpoint.name}", total=total) as bar:
+        medians: dict[str, dict[tuple[str, int], Any]] = {"candidate": {}, "baseline": {}}
+        per_trial: dict[str, dict[str, list[float]]] = {"candidate": {}, "baseline": {}}
+        total = 2 * sum(len(w.concurrency) * cfg.trials for w in cfg.workloads)
+        with ctx.progress("load on candidate and baseline, alternating", total=total) as bar:
             for w in cfg.workloads:
                 for c in w.concurrency:
-                    trials = []
-                    for _ in range(cfg.trials):
-                        trials.append(asyncio.run(run_point(
-                            endpoint, prompts[w.name].texts, output_len=w.output_len, concurrency=c,
-                            workload=w.name, warmup=cfg.warmup_requests, slo_ttft=cfg.slo_ttft_s,
-                            slo_tpot=cfg.slo_tpot_s)))
-                        bar.advance()
-                    out[(w.name, c)] = median_point(trials)
-        return out
+                    trials: dict[str, list[Any]] = {"candidate": [], "baseline": []}
+                    for t in range(cfg.trials):
+                        order = [("candidate", candidate), ("baseline", baseline)]
+                        for side, endpoint in order if t % 2 == 0 else order[::-1]:
+                            trials[side].append(asyncio.run(run_point(
+                                endpoint, prompts[w.name].texts, output_len=w.output_len, concurrency=c,
+                                workload=w.name, warmup=cfg.warmup_requests, slo_ttft=cfg.slo_ttft_s,
+                                slo_tpot=cfg.slo_tpot_s)))
+                            bar.advance()
+                    for side, points in trials.items():
+                        medians[side][(w.name, c)] = median_point(points)
+                        per_trial[side][f"{w.name}@{c}"] = [p.output_tok_s for p in points]
+        return medians["candidate"], medians["baseline"], per_trial
 
-    def _measure_candidate(self, ctx: StageContext, prompts: dict[str, Any]) -> dict[tuple[str, int], Any]:
+    @contextlib.contextmanager
+    def _candidate(self, ctx: StageContext) -> Iterator[Any]:
         from pipeline.bench.client import TritonEndpoint
         from pipeline.bundle import facts_for_target
         from pipeline.triton.publish import publish_bundle
@@ -99,20 +126,22 @@ class ThroughputStage(Stage):
             with server.start(repo):
                 publish_bundle(Path(ctx.inputs["build"].outputs["bundle"]), repo, "candidate",
                                facts=facts_for_target("cpu"), server_url=server.http_url)
-                return self._sweep(ctx, TritonEndpoint(server.http_url, "candidate", name="candidate"), prompts)
+                yield TritonEndpoint(server.http_url, "candidate", name="candidate")
         finally:
             shutil.rmtree(repo, ignore_errors=True)
 
-    def _measure_baseline(self, ctx: StageContext, prompts: dict[str, Any],
-                          source: Path) -> dict[tuple[str, int], Any]:
-        from pipeline.bench.client import OpenAIEndpoint
+    @contextlib.contextmanager
+    def _baseline(self, ctx: StageContext, source: Path) -> Iterator[Any]:
+        from pipeline.bench.client import OpenAIEndpoint, TritonEndpoint
         from pipeline.bench.vllm_server import VllmServer
 
         b = ctx.recipe.gates.throughput.baseline
         if b.kind == "endpoint":
-            if not b.url:
+            if not b.url:  # also a recipe rule; kept for recipes built in code
                 raise NotImplementedStageError("throughput", "baseline kind 'endpoint' needs baseline.url")
-            return self._sweep(ctx, OpenAIEndpoint(b.url, "baseline", name="baseline"), prompts)
+            kind = TritonEndpoint if b.protocol == "triton" else OpenAIEndpoint
+            yield kind(b.url, b.model, name="baseline")
+            return
         model_dir = source if b.checkpoint == "source" else Path(ctx.inputs["quantize"].outputs["unified"])
         python = interpolate_string(b.python)
         with ctx.progress("starting vLLM baseline (about a minute on CPU)"):
@@ -120,6 +149,6 @@ class ThroughputStage(Stage):
                                 extra_args=list(b.extra_args), log=ctx.workdir / "vllm.log",
                                 start_timeout=b.start_timeout_s).start()
         try:
-            return self._sweep(ctx, OpenAIEndpoint(server.url, "baseline", name="baseline"), prompts)
+            yield OpenAIEndpoint(server.url, "baseline", name="baseline")
         finally:
             server.stop()

@@ -267,9 +267,10 @@ class TritonServer:
 
     def __init__(self, install: TritonInstall | None = None, *, log_path: Path | None = None,
                  extra_args: Sequence[str] = (), exit_timeout: int = 5,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
         self.install = install or locate_tritonserver(None)
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})  # added to the server's (and so its models') environment
         self.exit_timeout = exit_timeout
         self.startup_timeout = startup_timeout
         self._log_path_given = log_path
@@ -413,7 +414,7 @@ class TritonServer:
         self._shm_seen = set()
         self._started_at = time.time()
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=self.install.environment(),
+                                      stderr=subprocess.STDOUT, env={**self.install.environment(), **self.env},
                                       start_new_session=True)
         marks = (f"Started HTTPService at {host}:{hp}".encode(),
                  f"Started GRPCInferenceService at {host}:{gp}".encode())

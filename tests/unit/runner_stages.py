@@ -80,6 +80,8 @@ class Gate(Stage):
     def run(self, ctx: StageContext) -> StageOutput:
         size = Path(ctx.inputs["quantize"].outputs["big"]).stat().st_size
         limit = ctx.recipe.gates.accuracy.text_samples
+        # a measurement outside the recipe (as the throughput gate's is): same fingerprint, new verdict
+        limit = int(os.environ.get("TEST_GATE_LIMIT", limit))
         ok = size < limit
         return StageOutput(summary={"size": size, "failed": [] if ok else [f"size {size} >= {limit}"]},
                            passed=ok)

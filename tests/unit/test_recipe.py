@@ -275,3 +275,12 @@ def test_runtime_errors_about_a_field_point_at_its_line(tmp_path: Path) -> None:
     assert loaded.with_origin("build.max_batch_size: too big").startswith(f"{base}:")  # from the base
     assert loaded.with_origin("no field here: text") == "no field here: text"
     assert loaded.with_origin("nosuch.field: x") == "nosuch.field: x"
+
+
+def test_throughput_baseline_endpoint_rules(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, CPU_RECIPE + "gates:\n  throughput:\n    baseline: {kind: endpoint}\n"))
+    assert any("gates.throughput.baseline.url: baseline kind 'endpoint' needs url" in p for p in found), found
+    found = problems(write(tmp_path, CPU_RECIPE + "gates:\n  throughput:\n    baseline: {protocol: triton}\n"))
+    assert any("baseline.protocol: a started vLLM baseline speaks openai" in p for p in found), found
+    ok = CPU_RECIPE + "gates:\n  throughput:\n    baseline: {kind: endpoint, protocol: triton, url: 'http://h:1'}\n"
+    assert load_recipe(write(tmp_path, ok), env={}).recipe.gates.throughput.baseline.model == "baseline"

@@ -100,3 +100,29 @@ def test_score_matches_forward(runtime: ReferenceRuntime) -> None:
     lp = runtime.score(ids)
     assert lp.shape == (len(ids) - 1, 384)
     assert torch.allclose(lp.exp().sum(-1), torch.ones(len(ids) - 1), atol=1e-4)
+
+
+def test_test_hooks_stretch_every_step_and_reject_bad_values() -> None:
+    """Lower bounds only (sleeps guarantee them): the floor and the planted fault apply per token."""
+    import time
+
+    from pipeline.backends.reference.pacing import FAULT_ENV, MIN_STEP_ENV, StepPacing, pacing_from_env
+
+    assert not pacing_from_env({}).active
+    assert pacing_from_env({MIN_STEP_ENV: "0.02", FAULT_ENV: "0.1"}) == StepPacing(0.02, 0.1)
+    with pytest.raises(ValueError, match=f"{FAULT_ENV}='ten': not a number"):
+        pacing_from_env({FAULT_ENV: "ten"})
+    with pytest.raises(ValueError, match=f"{MIN_STEP_ENV}='-1': must be >= 0"):
+        pacing_from_env({MIN_STEP_ENV: "-1"})
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    for pacing, per_token in ((StepPacing(0.02), 0.02), (StepPacing(0.02, 0.5), 0.03)):
+        rt = ReferenceRuntime(make_model(), make_tokenizer(), pacing=pacing).start()
+        try:
+            stamps: list[float] = []
+            start = time.monotonic()
+            rt.generate("The object", params, on_token=lambda *_, s=stamps: s.append(time.monotonic()))
+        finally:
+            rt.stop()
+        # token k leaves after k + 1 stretched steps (prefill included), however busy the machine
+        assert len(stamps) == 6
+        assert all(t - start >= (k + 1) * per_token - 1e-6 for k, t in enumerate(stamps)), stamps

@@ -137,6 +137,19 @@ def test_gate_failure_raises_and_is_recorded(project: Path) -> None:
     assert rec["status"] == "gate-failed"
 
 
+def test_rerun_gate_reports_its_new_verdict(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--from / --force re-measure a gate whose fingerprint did not change: the new verdict counts."""
+    assert run(project).stage("accuracy").passed is True
+    monkeypatch.setenv("TEST_GATE_LIMIT", "5")
+    with pytest.raises(GateFailed, match="size 18 >= 5"):
+        run(project, from_stage="accuracy")
+    with pytest.raises(GateFailed):  # and it is what the cache now holds
+        run(project)
+    monkeypatch.delenv("TEST_GATE_LIMIT")
+    assert run(project, force=True).stage("accuracy").passed is True
+    assert not list((project / "artifacts" / "cache" / "accuracy").glob(".tmp-*"))
+
+
 def test_unimplemented_stage_fails_clearly(project: Path) -> None:
     loaded = load_recipe(project / "r.yaml", env={})
     runner = Runner(loaded, artifacts=project / "artifacts",

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from pipeline.backends.reference.pacing import StepPacing
+
 TokenCallback = Callable[[int, str, float | None], None]
 
 
@@ -68,8 +70,10 @@ class _Request:
 
 class ReferenceRuntime:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, max_seq_len: int = 2048,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, pacing: StepPacing | None = None) -> None:
         self.model = model.eval()
+        # test-only hooks (see pacing.py); None or inactive costs nothing per step
+        self.pacing = pacing if pacing is not None and pacing.active else None
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
@@ -162,11 +166,14 @@ class ReferenceRuntime:
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        clock = self.pacing.clock() if self.pacing is not None else None
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].to(torch.float32)
         active = list(range(len(batch)))
         while True:
+            if clock is not None:  # before the step's tokens are sent: the client sees the stretched step
+                clock.tick()
             keep: list[int] = []
             next_ids: list[int] = []
             for row, idx in enumerate(active):

@@ -42,6 +42,7 @@ def _strings(request: Any, name: str) -> tuple[str, ...]:
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        from pipeline.backends.reference.pacing import pacing_from_env
         from pipeline.backends.reference.serve import load_runtime
 
         config = json.loads(args["model_config"])
@@ -53,7 +54,11 @@ class TritonPythonModel:
             import torch
 
             torch.set_num_threads(threads)
-        self.runtime = load_runtime(bundle_dir, verify=params.get("verify", "false") == "true")
+        pacing = pacing_from_env()
+        if pacing.active:  # test-only hooks: never silent, a slowed model must be visible in the log
+            pb_utils.Logger.log_warn(f"{args['model_name']} v{args['model_version']}: test hooks active: "
+                                     f"{pacing.describe()}")
+        self.runtime = load_runtime(bundle_dir, verify=params.get("verify", "false") == "true", pacing=pacing)
         self.version = args["model_version"]
         self._inflight: set[threading.Thread] = set()
 
