@@ -1,7 +1,8 @@
 """Zero-downtime version switch of a model in a Triton repository.
 
-The switch rewrites config.pbtxt's version_policy to `specific: [target]` (temporary file +
-rename) and asks Triton to reload the model. Triton keeps the old version serving until the
+The switch installs the target version's own config.pbtxt (kept in its version directory; for
+older repositories: the current one with version_policy `specific: [target]`), by temporary
+file + rename, and asks Triton to reload the model. Triton keeps the old version serving until the
 new one is ready, then unloads it; a version that fails to load leaves the old one serving.
 On any failure (load refused, load timeout, not ready, smoke check raised) the previous
 config.pbtxt bytes are put back and the model reloaded, so the repository on disk again
@@ -33,6 +34,7 @@ from filelock import FileLock
 from pipeline.errors import ServiceError
 from pipeline.triton import pbtxt
 from pipeline.triton.control import ModelControl, ModelLoadError
+from pipeline.triton.repository import ModelDir, version_config_text
 from pipeline.util import atomic
 
 STUB_NAME = "triton_python_backend_stub"
@@ -98,7 +100,10 @@ def switch_version(control: ModelControl, repository: Path, model: str, version:
     with FileLock(str(repo / f".{model}.switch.lock"), timeout=timeout):
         old_bytes = cfg_path.read_bytes()
         mode = cfg_path.stat().st_mode & 0o7777
-        new_text = pbtxt.with_version_policy(old_bytes.decode(), specific=[version])
+        # the version's own rendered config when it has one (an ensemble's steps and engine paths
+        # differ per version), else the current config with only the policy changed
+        new_text = (version_config_text(ModelDir(model_dir), version)
+                    or pbtxt.with_version_policy(old_bytes.decode(), specific=[version]))
         previous = control.ready_versions(model)
 
         _write(cfg_path, new_text.encode(), mode)
