@@ -54,7 +54,8 @@ class PublishStage(Stage):
         published = publish_bundle(
             Path(ctx.inputs["build"].outputs["bundle"]), self._repo(ctx.loaded), ctx.recipe.triton_model_name,
             facts=runtime_facts(ctx.loaded), keep=p.keep_versions, server_url=p.server_url or None,
-            load_timeout=p.load_timeout_s, smoke_prompt=p.smoke_prompt, instances=p.instances)
+            load_timeout=p.load_timeout_s, smoke_prompt=p.smoke_prompt, instances=p.instances,
+            store=ctx.recipe.release.store if ctx.recipe.release.enabled else None)
         ctx.reporter.info(f"published {published.model} version {published.version} "
                           f"(bundle {published.bundle_id[:12]}) into {published.repository}")
         return StageOutput(outputs={"repository": published.repository}, summary=published.to_json())

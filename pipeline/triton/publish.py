@@ -142,7 +142,7 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
     existing = md.version_of(bundle.id)
     previous = md.served_versions()
     if existing is not None and existing in previous and not server_url:
-        history.record(md.root, existing, bundle.id, store)
+        history.record(md.root, existing, bundle.id, _absolute_store(store))
         return Published(model, existing, bundle.id, str(repository), previous, [], False, {}, already=True)
     if server_url:
         require_backend(server_url, bundle, timeout=min(load_timeout, 60.0))
@@ -159,10 +159,19 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
             if not md.versions():
                 md.config_path.unlink(missing_ok=True)
         raise
-    history.record(md.root, version, bundle.id, store)
+    history.record(md.root, version, bundle.id, _absolute_store(store))
     pruned = prune(md, keep, protect=[version, *previous])
     return Published(model, version, bundle.id, str(repository), previous, pruned, bool(server_url), seconds,
                      already=not created)
+
+
+def _absolute_store(store: str | None) -> str | None:
+    """A relative file:// store (the recipe default) as an absolute URI: rollback may run elsewhere."""
+    if store and store.startswith("file://"):
+        from pipeline.store import open_store
+
+        return open_store(store).uri
+    return store or None
 
 
 def _serve(md: ModelDir, version: int, server_url: str | None, timeout: float, prompt: str,

@@ -224,6 +224,17 @@ def prune(model: ModelDir, keep: int, protect: list[int]) -> list[int]:
     return removed
 
 
+def top_level_models(repository: Path) -> list[str]:
+    """Models to load when a server starts: every model with a config.pbtxt except the composing
+    models of some version (those load with their ensemble, and only the served version's)."""
+    if not repository.is_dir():
+        return []
+    models = [p for p in sorted(repository.iterdir()) if (p / "config.pbtxt").is_file()]
+    composing = {name for m in models for v in ModelDir(m).versions()
+                 for name in version_composing(ModelDir(m), v)}
+    return [m.name for m in models if m.name not in composing]
+
+
 def describe(model: ModelDir) -> dict[str, Any]:
     return {"model": model.name, "versions": {v: model.bundle_id(v) for v in model.versions()},
             "served": model.served_versions()}
