@@ -4,7 +4,10 @@ own layouts (tests/data/triton_backend_1.2/layout.json): model dirs, tensors, pa
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +284,47 @@ def test_history_refuses_unknown_versions_and_corrupt_files(tmp_path: Path) -> N
     (md / history.HISTORY).write_text("{not json")
     with pytest.raises(history.HistoryError, match=r"m/history\.json: unreadable"):
         history.read(md)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRTBUILD_TRITON_URL", "TRTBUILD_STORE")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_cli_rollback_fetches_a_pruned_version_and_refuses_a_damaged_one(
+        tmp_path: Path, trt_bundles: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.store import open_store
+
+    monkeypatch.chdir(tmp_path)
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    for b in trt_bundles:
+        store.put(b)
+    repo = tmp_path / "repo"
+    h100 = facts_for_target("h100", gpus=2)
+    for b in trt_bundles:
+        publish_bundle(b, repo, "m", facts=h100, keep=1, store="file://store")  # relative: recorded absolute
+    md = ModelDir(repo / "m")
+    assert md.versions() == [2, 3] and history.read(md.root)[1].store == store.uri
+
+    entry = history.read(md.root)[1]
+    obj = tmp_path / "store" / "bundles" / entry.bundle_id / "files" / "engine" / "rank0.engine"
+    good = obj.read_bytes()
+    obj.chmod(0o644)
+    obj.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    before = {p: p.read_bytes() for p in iter_content_files(repo)}
+    r = cli("rollback", "m", "--to", "1", "--repository", str(repo), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "engine/rank0.engine" in r.stderr and "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in iter_content_files(repo)} == before
+
+    obj.write_bytes(good)
+    r = cli("rollback", "m", "--to", "1", "--repository", str(repo), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["triton"]
+    assert out["fetched"] and out["version"] == 1 and out["bundle_id"] == entry.bundle_id
+    assert md.served_versions() == [1] and md.versions() == [1, 2, 3]
+    core = config(repo / composing_name("m", 1, "tensorrt_llm") / "config.pbtxt")
+    assert params(core)["gpt_model_path"] == str((repo / "m" / "1" / "bundle" / "engine").resolve())
