@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.bundle import Bundle, RuntimeFacts, check_compatible, load_bundle
+from pipeline.bundle import RuntimeFacts, check_compatible, load_bundle
 from pipeline.errors import ServiceError
 from pipeline.triton import history
 from pipeline.triton.render import SERVER_BACKENDS, ServingOptions
@@ -94,7 +94,7 @@ def _llmapi_generate(server_url: str, model: str, version: int, prompt: str, tim
     return " ".join(out) if isinstance(out, list) else str(out)
 
 
-def require_backend(server_url: str, bundle: Bundle, timeout: float = 60.0) -> None:
+def require_backend(server_url: str, backend: str, timeout: float = 60.0) -> None:
     """Refuse, before anything is written, a server without the Triton backend the bundle needs.
 
     Triton has no API listing its backends, so this loads a throwaway model (its config and one
@@ -103,7 +103,7 @@ def require_backend(server_url: str, bundle: Bundle, timeout: float = 60.0) -> N
     """
     from pipeline.triton.control import ModelControl, ModelLoadError
 
-    name = SERVER_BACKENDS.get(bundle.backend)
+    name = SERVER_BACKENDS.get(backend)
     if name is None:
         return
     probe = f"_trtbuild_probe_{name}"
@@ -116,7 +116,7 @@ def require_backend(server_url: str, bundle: Bundle, timeout: float = 60.0) -> N
     except ModelLoadError as e:
         if "unable to find backend" in str(e):  # Triton 2.x wording for a missing backend library
             raise BackendUnavailableError(
-                f"{name} backend not available on this tritonserver ({server_url}); a '{bundle.backend}' "
+                f"{name} backend not available on this tritonserver ({server_url}); a '{backend}' "
                 f"bundle needs it", hint="serve from the TensorRT-LLM Triton container "
                 "(nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3), or publish without --server-url "
                 "to only write the repository") from None
@@ -145,7 +145,7 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
         history.record(md.root, existing, bundle.id, _absolute_store(store))
         return Published(model, existing, bundle.id, str(repository), previous, [], False, {}, already=True)
     if server_url:
-        require_backend(server_url, bundle, timeout=min(load_timeout, 60.0))
+        require_backend(server_url, bundle.backend, timeout=min(load_timeout, 60.0))
     created = existing is None
     version = existing if existing is not None else (max(md.versions(), default=0) + 1)
     if created:
@@ -237,6 +237,8 @@ def rollback(repository: Path, model: str, *, server_url: str | None, to: int | 
     fetched = to not in md.versions()
     backend = _fetch_pruned(md, to, server_repository) if fetched else _backend_of(md, to)
     try:
+        if server_url:
+            require_backend(server_url, backend, timeout=min(load_timeout, 60.0))
         seconds = _serve(md, to, server_url, load_timeout, smoke_prompt, backend)
     except BaseException:
         if fetched:
