@@ -194,3 +194,58 @@ def test_ensemble_versions_switch_without_failures_and_old_parts_unload(served: 
     back = rollback(repo, "llm", server_url=url, to=1)
     assert back.version == 1 and ready(url) == {"llm", *parts(1)}
     assert answered_by(LLMClient(url, timeout=60), "llm") == post[1]
+
+
+LLMAPI_STAND_IN = '''import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+import yaml
+from helpers_stand_in import SUFFIX  # upstream model.py imports helpers.py from its own directory
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # where upstream's model.py looks for model.yaml
+        with open(os.path.join(pb_utils.get_model_dir(), "model.yaml")) as f:
+            self.llm_args = yaml.safe_load(f)
+
+    def execute(self, requests):
+        for request in requests:
+            text = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)[0].decode()
+            n = pb_utils.get_input_tensor_by_name(request, "sampling_param_max_tokens").as_numpy().reshape(-1)[0]
+            answer = f"{text} [{self.llm_args['model']} tp={self.llm_args['tensor_parallel_size']} n={n}{SUFFIX}]"
+            out = pb_utils.Tensor("text_output", np.array([answer.encode()], dtype=np.object_))
+            request.get_response_sender().send(pb_utils.InferenceResponse([out]),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def test_pytorch_bundle_publishes_through_the_llmapi_layout(tmp_path: Path, start_triton: Callable[..., TritonServer],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.triton_bundles import pytorch_bundle
+
+    upstream = tmp_path / "all_models" / "llmapi" / "tensorrt_llm" / "1"
+    upstream.mkdir(parents=True)
+    (upstream / "model.py").write_text(LLMAPI_STAND_IN)
+    (upstream / "helpers_stand_in.py").write_text('SUFFIX = " via-helpers"\n')
+    monkeypatch.setenv("TRTBUILD_TRITON_MODELS", str(tmp_path / "all_models"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    server = start_triton(repo)
+    r = recipe("llama70b-nvfp4-b200")
+    bundle = pytorch_bundle(tmp_path, r)
+    # the real publish path: python backend present, first load, smoke in the llmapi request interface
+    done = publish_bundle(bundle, repo, "llm", facts=facts_for_target("b200", gpus=8), server_url=server.http_url)
+    assert done.version == 1 and ready(server.http_url) == {"llm"}
+    import json
+
+    from pipeline.triton import _http
+
+    status, body = _http.request("POST", f"{server.http_url}/v2/models/llm/generate", timeout=60,
+                                 body={"text_input": "hi", "sampling_param_max_tokens": 3})
+    assert status == 200, body
+    text = json.loads(body)["text_output"]
+    checkpoint = (repo / "llm" / "1" / "bundle" / "checkpoint").resolve()
+    assert text == f"hi [{checkpoint} tp={r.target.tensor_parallel} n=3 via-helpers]"
