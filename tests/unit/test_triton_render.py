@@ -27,6 +27,7 @@ from pipeline.triton.repository import (
     materialize_version,
     parse_config,
     prune,
+    top_level_models,
 )
 from pipeline.util.hashing import iter_content_files
 from tests.conftest import ROOT
@@ -268,6 +269,8 @@ def test_publish_without_server_writes_the_rendered_repository(tmp_path: Path, t
     entries = history.read(md.root)
     assert {v: (e.bundle_id, e.store) for v, e in entries.items()} == {
         p.version: (p.bundle_id, "file:///stores/a") for p in done}
+    # `trtbuild serve` loads the ensemble only; its composing models load with it
+    assert top_level_models(repo) == ["m"]
 
 
 def test_history_refuses_unknown_versions_and_corrupt_files(tmp_path: Path) -> None:
