@@ -129,8 +129,13 @@ def materialize_version(model: ModelDir, bundle: Bundle, version: int, *, server
     served_root = (server_repository or str(repo.resolve())).rstrip("/")
     rendered = render_version(model.name, bundle, version, version_dir=f"{served_root}/{model.name}/{version}",
                               options=options)
-    for m in rendered.all():
-        pbtxt.check_no_placeholders(m.config)  # before anything is written
+    for m in rendered.all():  # before anything is written
+        pbtxt.check_no_placeholders(m.config)
+        for rel, text in m.files.items():
+            found = pbtxt.find_placeholders(text)
+            if found:
+                raise pbtxt.ModelConfigError(f"{m.name}/{version}/{rel}: unresolved template placeholders: "
+                                             + "; ".join(found))
     created: list[Path] = []
     try:
         for m in rendered.composing:

@@ -331,3 +331,22 @@ def test_cli_rollback_fetches_a_pruned_version_and_refuses_a_damaged_one(
     assert md.served_versions() == [1] and md.versions() == [1, 2, 3]
     core = config(repo / composing_name("m", 1, "tensorrt_llm") / "config.pbtxt")
     assert params(core)["gpt_model_path"] == str((repo / "m" / "1" / "bundle" / "engine").resolve())
+
+
+def test_a_placeholder_in_model_yaml_writes_nothing(tmp_path: Path) -> None:
+    r = recipe("llama70b-nvfp4-b200")
+    bundle = pytorch_bundle(tmp_path, r)
+    options = yaml.safe_load((bundle / "llm_api_options.yaml").read_text())
+    options["kv_cache_config"]["dtype"] = "${KV_DTYPE}"
+    (bundle / "llm_api_options.yaml").unlink()
+    (bundle / "llm_api_options.yaml").write_text(yaml.safe_dump(options))
+    from pipeline.bundle import write_manifest
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").unlink()
+    write_manifest(bundle, name=r.name, backend="pytorch", provenance={}, compatibility=manifest["compatibility"],
+                   runtime=manifest["runtime"])
+    repo = tmp_path / "repo"
+    with pytest.raises(ModelConfigError, match=r"m/1/model\.yaml: unresolved template placeholders.*KV_DTYPE"):
+        materialize_version(ModelDir(repo / "m"), load_bundle(bundle), 1)
+    assert not repo.exists() or not list(repo.iterdir())
