@@ -15,6 +15,9 @@ REPO = click.option("--repository", type=click.Path(path_type=Path), default=Pat
                     envvar="TRTBUILD_TRITON_REPO", help="Triton model repository.")
 SERVER = click.option("--server-url", envvar="TRTBUILD_TRITON_URL", default=None,
                       help="Triton HTTP URL to switch live (default: $TRTBUILD_TRITON_URL; none: files only).")
+SERVER_REPO = click.option("--server-repository", default=None,
+                           help="The repository's path as the server sees it (a container mount), used in "
+                                "rendered engine/tokenizer/checkpoint paths (default: --repository, absolute).")
 
 
 @click.command()
@@ -26,12 +29,11 @@ SERVER = click.option("--server-url", envvar="TRTBUILD_TRITON_URL", default=None
 @common
 def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: Path | None, json_mode: bool) -> None:
     """Start tritonserver on a model repository (explicit model control) until interrupted."""
-    from pipeline.triton.repository import ModelDir
+    from pipeline.triton.repository import ModelDir, top_level_models
     from pipeline.triton.server import TritonServer, locate_tritonserver
 
     out = Output(json_mode=json_mode)
-    models = [p.name for p in sorted(repository.iterdir()) if (p / "config.pbtxt").is_file()] \
-        if repository.is_dir() else []
+    models = top_level_models(repository)
     install = locate_tritonserver(binary)
     server = TritonServer(install, log_path=Path("artifacts/logs/tritonserver.log"))
     stop = threading.Event()
@@ -57,16 +59,21 @@ def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: P
 @SERVER
 @click.option("--keep", type=int, default=3, show_default=True, help="Version directories kept on disk.")
 @click.option("--target", help="Runtime to check the bundle against (default: this host).")
+@click.option("--store", envvar="TRTBUILD_STORE", default=None,
+              help="Bundle store the bundle was released to, recorded so rollback can fetch pruned versions "
+                   "(default: $TRTBUILD_STORE).")
+@SERVER_REPO
 @common
 def publish(bundle: Path, model: str, repository: Path, server_url: str | None, keep: int, target: str | None,
-            json_mode: bool) -> None:
+            store: str | None, server_repository: str | None, json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
     from pipeline.triton.publish import publish_bundle
 
     out = Output(json_mode=json_mode)
     facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
-    res = publish_bundle(bundle, repository, model, facts=facts, keep=keep, server_url=server_url)
+    res = publish_bundle(bundle, repository, model, facts=facts, keep=keep, server_url=server_url, store=store,
+                         server_repository=server_repository)
     out.result(res.to_json())
     out.human(f"published {model} version {res.version} (bundle {res.bundle_id[:12]})"
               + (" and switched the server" if res.switched else ""))
@@ -83,14 +90,16 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 @click.option("--registered-model", help="MLflow registered model (default: MODEL; a recipe's "
                                          "release.model_name when it differs from publish.model_name).")
 @click.option("--triton/--no-triton", default=True, help="Change what Triton serves (default on).")
+@SERVER_REPO
 @common
 def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, registry: str | None,
-             registered_model: str | None, triton: bool, json_mode: bool) -> None:
+             registered_model: str | None, triton: bool, server_repository: str | None, json_mode: bool) -> None:
     """Serve the previous (or --to) version of MODEL again, through load, ready and smoke.
 
-    With --registry the registry decides: `production` moves back to the version it replaced
-    and MODEL serves that version's bundle (switched to if it is still in the repository,
-    otherwise fetched from the store, verified and published).
+    A version pruned from the repository is fetched back from the store it was published
+    from (every sha256 verified). With --registry the registry decides: `production` moves
+    back to the version it replaced and MODEL serves that version's bundle (switched to if it
+    is in the repository, otherwise fetched, verified and published).
     """
     import os
 
@@ -103,9 +112,11 @@ def rollback(model: str, to_version: int | None, repository: Path, server_url: s
             raise UsageError("rollback --no-triton needs --registry: there is nothing else to roll back")
         from pipeline.triton.publish import rollback as do_rollback
 
-        res = do_rollback(repository, model, server_url=server_url, to=to_version)
+        res = do_rollback(repository, model, server_url=server_url, to=to_version,
+                          server_repository=server_repository)
         result["triton"] = res.to_json()
-        out.human(f"{model}: serving version {res.version} (was {res.previous})")
+        fetched = " (fetched from the store)" if res.fetched else ""
+        out.human(f"{model}: serving version {res.version}{fetched} (was {res.previous})")
         out.result(result)
         return
     if to_version is not None:

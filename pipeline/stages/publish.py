@@ -75,7 +75,9 @@ class PublishStage(Stage):
             published = publish_bundle_s3(bundle, S3ModelRepository(p.repository), ctx.recipe.triton_model_name,
                                           **kwargs)
         else:
-            published = publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs)
+            # the store lets a later rollback bring back a version pruned from the repository
+            published = publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs,
+                                       store=ctx.recipe.release.store if ctx.recipe.release.enabled else None)
         ctx.reporter.info(f"published {published.model} version {published.version} "
                           f"(bundle {published.bundle_id[:12]}) into {published.repository}")
         self._record_deployment(ctx, f"{published.repository}/{published.model}@v{published.version}")

@@ -180,14 +180,11 @@ class S3BundleStore(BundleStore):
     def _manager(self) -> Iterator[Any]:
         from boto3.s3.transfer import create_transfer_manager
 
-        mgr = create_transfer_manager(self.client, self.transfer_config())
-        try:
+        # The manager's own __exit__ cancels in-flight transfers on an exception. Not
+        # mgr.shutdown(cancel=True): it passes its arguments shifted to _shutdown and raises
+        # TypeError ('str' object is not callable) instead (boto/s3transfer#143, #312; still in 0.19).
+        with create_transfer_manager(self.client, self.transfer_config()) as mgr:
             yield mgr
-        except BaseException:
-            mgr.shutdown(cancel=True)
-            raise
-        else:
-            mgr.shutdown()
 
     # ---- keys
     def _key(self, *parts: str) -> str:

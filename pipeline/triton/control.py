@@ -12,6 +12,7 @@ ModelLoadError(timed_out=True) and the server keeps trying in the background.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -69,16 +70,20 @@ class ModelControl:
         return out
 
     def load(self, name: str, *, timeout: float = 300.0,
-             config: str | dict[str, Any] | None = None) -> float:
+             config: str | dict[str, Any] | None = None, files: dict[str, bytes] | None = None) -> float:
         """Load or reload `name` from the repository; returns the seconds the server took.
 
         With `config` (JSON text or dict) Triton uses it instead of config.pbtxt, without
-        writing it anywhere. Raises ModelLoadError with Triton's reason, or timed_out=True.
+        writing it anywhere; `files` ({"1/model.py": bytes}, needs `config`) makes Triton load
+        the model from those files in a temporary directory of its own, not from the repository.
+        Raises ModelLoadError with Triton's reason, or timed_out=True.
         """
         body: dict[str, Any] = {}
         if config is not None:
             text = config if isinstance(config, str) else json.dumps(config)
-            body["parameters"] = {"config": text}
+            params: dict[str, str] = {"config": text}
+            params.update({f"file:{path}": base64.b64encode(data).decode() for path, data in (files or {}).items()})
+            body["parameters"] = params
         url = self.url + self._path("/v2/repository/models/{}/load", name)
         t0 = time.monotonic()
         try:

@@ -1,13 +1,22 @@
 """Publish a bundle as the next Triton version, and roll back, without the old version stopping.
 
-publish: verify the bundle, check it fits the runtime, materialize it as `<model>/<N>/`, then
-either switch the live server to it (load, ready, smoke; on any failure the previous policy is
-restored and the new directory removed, so the repository is as it was) or, with no server,
-set the version policy. Older versions beyond `keep` are pruned; served ones never are.
+publish: verify the bundle, check it fits the runtime, with a server check that it has the
+Triton backend the bundle needs, render and materialize it as `<model>/<N>/` (plus composing
+models for an ensemble, see render.py), then either switch the live server to it (load, ready,
+smoke; on any failure the previous config is restored and everything new removed, so the
+repository is as it was) or, with no server, install its config. history.json records the
+bundle and store of each version; older versions beyond `keep` are pruned, served ones never.
+
+rollback: serve an older version again through the same switch. A version that was pruned comes
+back from the bundle store named in history.json (every file's sha256 verified) and is
+re-materialized under its own number first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,16 +24,17 @@ from typing import Any
 
 from pipeline.bundle import RuntimeFacts, check_compatible, load_bundle
 from pipeline.errors import ServiceError
-from pipeline.triton import pbtxt
+from pipeline.triton import history
+from pipeline.triton.render import SERVER_BACKENDS, ServingOptions
 from pipeline.triton.repository import (
     ModelDir,
-    RepositoryError,
+    composing_models,
+    install_config,
     materialize_version,
     prune,
-    reference_config,
-    render_config,
+    remove_version,
+    version_composing,
 )
-from pipeline.util import atomic
 
 
 @dataclass
@@ -38,81 +48,181 @@ class Published:
     switched: bool
     seconds: dict[str, float]
     already: bool = False
+    fetched: bool = False  # rollback re-materialized the version from the store
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def smoke_check(server_url: str, model: str, prompt: str, timeout: float = 120.0) -> Any:
+class BackendUnavailableError(ServiceError):
+    """The server lacks the Triton backend a bundle needs."""
+
+
+def smoke_check(server_url: str, model: str, prompt: str, timeout: float = 120.0, *,
+                backend: str = "reference") -> Any:
+    """A one-request generation against `model`, in the request interface of its layout."""
     from pipeline.triton.client import LLMClient
 
     client = LLMClient(server_url, timeout=timeout)
 
     def smoke(version: int) -> None:
-        gen = client.generate(model, prompt, max_tokens=4, version=version)
-        if not gen.text.strip():
+        if backend == "pytorch":  # llmapi layout: sampling_param_* inputs, no max_tokens/stream
+            text = _llmapi_generate(server_url, model, version, prompt, timeout)
+        else:
+            text = client.generate(model, prompt, max_tokens=4, version=version).text
+        if not text.strip():
             raise ServiceError(f"smoke generation from {model} v{version} returned no text")
 
     return smoke
 
 
+def _llmapi_generate(server_url: str, model: str, version: int, prompt: str, timeout: float) -> str:
+    from urllib.parse import quote
+
+    from pipeline.triton import _http
+
+    url = f"{server_url.rstrip('/')}/v2/models/{quote(model, safe='')}/versions/{version}/generate"
+    try:
+        status, body = _http.request("POST", url, body={"text_input": prompt, "sampling_param_max_tokens": 4},
+                                     timeout=timeout)
+    except (_http.HTTPTimeoutError, _http.HTTPUnreachableError) as e:
+        raise ServiceError(f"smoke generation from {model} v{version}: {e}") from e
+    data = json.loads(body or b"{}")
+    if status != 200 or "error" in data:
+        raise ServiceError(f"smoke generation from {model} v{version}: HTTP {status}: {data}")
+    out = data.get("text_output", "")
+    return " ".join(out) if isinstance(out, list) else str(out)
+
+
+def require_backend(server_url: str, backend: str, timeout: float = 60.0) -> None:
+    """Refuse, before anything is written, a server without the Triton backend the bundle needs.
+
+    Triton has no API listing its backends, so this loads a throwaway model (its config and one
+    file sent in the request; Triton keeps them in a temporary directory of its own, never in the
+    repository) and reads the refusal. Any other load failure means the backend exists.
+    """
+    from pipeline.triton.control import ModelControl, ModelLoadError
+
+    name = SERVER_BACKENDS.get(backend)
+    if name is None:
+        return
+    probe = f"_trtbuild_probe_{name}"
+    config = {"name": probe, "backend": name, "max_batch_size": 0,
+              "input": [{"name": "x", "data_type": "TYPE_INT32", "dims": [1]}],
+              "output": [{"name": "y", "data_type": "TYPE_INT32", "dims": [1]}]}
+    control = ModelControl(server_url)
+    try:
+        control.load(probe, config=config, files={"1/probe": b""}, timeout=timeout)
+    except ModelLoadError as e:
+        if "unable to find backend" in str(e):  # Triton 2.x wording for a missing backend library
+            raise BackendUnavailableError(
+                f"{name} backend not available on this tritonserver ({server_url}); a '{backend}' "
+                f"bundle needs it", hint="serve from the TensorRT-LLM Triton container "
+                "(nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3), or publish without --server-url "
+                "to only write the repository") from None
+        return  # the backend exists; the throwaway model itself is not loadable
+    with contextlib.suppress(ServiceError):
+        control.unload(probe)
+
+
 def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: RuntimeFacts, keep: int = 3,
                    server_url: str | None = None, load_timeout: float = 300.0,
-                   smoke_prompt: str = "The capital of France is", instances: int = 1) -> Published:
+                   smoke_prompt: str = "The capital of France is", instances: int = 1,
+                   store: str | None = None, server_repository: str | None = None,
+                   options: ServingOptions | None = None) -> Published:
+    """Publish `bundle_dir` as the next version of `model`.
+
+    `store`: the bundle store URI the bundle was released to, recorded so rollback can fetch the
+    version after it was pruned. `server_repository`: the repository's path as the server sees it
+    (a container mount), used in rendered paths; default: `repository`'s absolute path.
+    """
     bundle = load_bundle(bundle_dir)  # every file's sha256, before anything is written
     check_compatible(bundle, facts)
     md = ModelDir(repository / model)
     existing = md.version_of(bundle.id)
     previous = md.served_versions()
     if existing is not None and existing in previous and not server_url:
+        history.record(md.root, existing, bundle.id, _absolute_store(store))
         return Published(model, existing, bundle.id, str(repository), previous, [], False, {}, already=True)
+    if server_url:
+        require_backend(server_url, bundle.backend, timeout=min(load_timeout, 60.0))
     created = existing is None
     version = existing if existing is not None else (max(md.versions(), default=0) + 1)
     if created:
-        materialize_version(md, bundle, version)
-    seconds: dict[str, float] = {}
+        materialize_version(md, bundle, version, server_repository=server_repository,
+                            options=options or ServingOptions(instances=instances))
     try:
-        if not md.config_path.is_file():
-            if bundle.backend != "reference":
-                raise RepositoryError(f"publishing a '{bundle.backend}' bundle into Triton is not wired yet")
-            cfg = reference_config(model, bundle, versions=[version], instances=instances)
-            atomic.write_text(md.config_path, render_config(cfg))
-            if server_url:
-                _first_load(server_url, model, version, load_timeout, smoke_prompt)
-        elif server_url:
-            from pipeline.triton.control import ModelControl
-            from pipeline.triton.switch import switch_version
-
-            result = switch_version(ModelControl(server_url), repository, model, version, timeout=load_timeout,
-                                    smoke=smoke_check(server_url, model, smoke_prompt))
-            seconds = {"load": result.load_s, "ready": result.ready_s, "smoke": result.smoke_s,
-                       "total": result.total_s, "overhead": result.overhead_s}
-        else:
-            text = pbtxt.with_version_policy(md.config_path.read_text(), specific=[version])
-            atomic.write_text(md.config_path, text)
+        seconds = _serve(md, version, server_url, load_timeout, smoke_prompt, bundle.backend)
     except BaseException:
         if created:
-            shutil.rmtree(md.version_dir(version), ignore_errors=True)
+            remove_version(md, version)
             if not md.versions():
                 md.config_path.unlink(missing_ok=True)
         raise
+    history.record(md.root, version, bundle.id, _absolute_store(store))
     pruned = prune(md, keep, protect=[version, *previous])
     return Published(model, version, bundle.id, str(repository), previous, pruned, bool(server_url), seconds,
                      already=not created)
 
 
-def _first_load(server_url: str, model: str, version: int, timeout: float, prompt: str) -> None:
+def _absolute_store(store: str | None) -> str | None:
+    """A relative file:// store (the recipe default) as an absolute URI: rollback may run elsewhere."""
+    if store and store.startswith("file://"):
+        from pipeline.store import open_store
+
+        return open_store(store).uri
+    return store or None
+
+
+def _serve(md: ModelDir, version: int, server_url: str | None, timeout: float, prompt: str,
+           backend: str) -> dict[str, float]:
+    """Make `version` the served one: config only, or through the server (first load or switch)."""
+    if not server_url:
+        install_config(md, version)
+        return {}
     from pipeline.triton.control import ModelControl
+    from pipeline.triton.switch import switch_version
 
     control = ModelControl(server_url)
-    control.load(model, timeout=timeout)
-    control.wait_ready(model, version, timeout=timeout)
-    smoke_check(server_url, model, prompt)(version)
+    smoke = smoke_check(server_url, md.name, prompt, backend=backend)
+    new_parts = version_composing(md, version)
+    if not md.config_path.is_file():
+        install_config(md, version)
+        try:
+            control.load(md.name, timeout=timeout)  # an ensemble's composing models load with it
+            control.wait_ready(md.name, version, timeout=timeout)
+            smoke(version)
+        except BaseException:
+            _unload(control, [md.name, *new_parts])
+            raise
+        return {}
+    old_parts = composing_models(md.config_path.read_text())
+    try:
+        result = switch_version(control, md.root.parent, md.name, version, timeout=timeout, smoke=smoke)
+    except BaseException:
+        _unload(control, [n for n in new_parts if n not in old_parts])
+        raise
+    # the previous ensemble is gone; what it routed through is not unloaded by Triton itself
+    _unload(control, [n for n in old_parts if n not in new_parts])
+    return {"load": result.load_s, "ready": result.ready_s, "smoke": result.smoke_s,
+            "total": result.total_s, "overhead": result.overhead_s}
+
+
+def _unload(control: Any, names: list[str]) -> None:
+    for name in names:  # best effort: a model that never loaded has nothing to unload
+        with contextlib.suppress(ServiceError):
+            control.unload(name)
 
 
 def rollback(repository: Path, model: str, *, server_url: str | None, to: int | None = None,
-             load_timeout: float = 300.0, smoke_prompt: str = "The capital of France is") -> Published:
-    """Serve the previous (or the given) version again, through the same load/ready/smoke path."""
+             load_timeout: float = 300.0, smoke_prompt: str = "The capital of France is",
+             server_repository: str | None = None) -> Published:
+    """Serve the previous (or the given) version again, through the same load/ready/smoke path.
+
+    A version no longer on disk is fetched from the store recorded in history.json (sha256 of
+    every file verified) and re-materialized under its number; if that or the switch fails, the
+    repository and what serves are left as they were.
+    """
     md = ModelDir(repository / model)
     served = md.served_versions()
     if not served:
@@ -122,19 +232,42 @@ def rollback(repository: Path, model: str, *, server_url: str | None, to: int | 
         older = [v for v in md.versions() if v < current]
         if not older:
             raise ServiceError(f"model '{model}' has no version older than {current} on disk to roll back to; "
-                               "publish one with `trtbuild publish` (pruned versions come back from the store)")
+                               "use --to VERSION (pruned versions come back from the store)")
         to = max(older)
-    if to not in md.versions():
-        raise ServiceError(f"model '{model}' version {to} is not on disk in {repository}; known: {md.versions()}")
-    seconds: dict[str, float] = {}
-    if server_url:
-        from pipeline.triton.control import ModelControl
-        from pipeline.triton.switch import switch_version
+    fetched = to not in md.versions()
+    backend = _fetch_pruned(md, to, server_repository) if fetched else _backend_of(md, to)
+    try:
+        if server_url:
+            require_backend(server_url, backend, timeout=min(load_timeout, 60.0))
+        seconds = _serve(md, to, server_url, load_timeout, smoke_prompt, backend)
+    except BaseException:
+        if fetched:
+            remove_version(md, to)
+        raise
+    return Published(model, to, md.bundle_id(to) or "", str(repository), served, [], bool(server_url), seconds,
+                     fetched=fetched)
 
-        result = switch_version(ModelControl(server_url), repository, model, to, timeout=load_timeout,
-                                smoke=smoke_check(server_url, model, smoke_prompt))
-        seconds = {"load": result.load_s, "ready": result.ready_s, "smoke": result.smoke_s,
-                   "total": result.total_s, "overhead": result.overhead_s}
-    else:
-        atomic.write_text(md.config_path, pbtxt.with_version_policy(md.config_path.read_text(), specific=[to]))
-    return Published(model, to, md.bundle_id(to) or "", str(repository), served, [], bool(server_url), seconds)
+
+def _backend_of(md: ModelDir, version: int) -> str:
+    from pipeline.bundle import read_manifest
+
+    manifest, _ = read_manifest(md.version_dir(version) / "bundle")
+    return str(manifest.get("backend", "reference"))
+
+
+def _fetch_pruned(md: ModelDir, version: int, server_repository: str | None) -> str:
+    """Bring a pruned version back from the store; returns its bundle backend."""
+    from pipeline.store import open_store
+
+    entry = history.lookup(md.root, version)
+    staging = md.root.parent / f".fetch-{md.name}-{version}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        bundle_dir = open_store(entry.store or "").get(entry.bundle_id, staging / "bundle")
+        bundle = load_bundle(bundle_dir, expect_id=entry.bundle_id)
+        # re-rendered with default serving options: what was published with other options
+        # (instances) comes back with the defaults
+        materialize_version(md, bundle, version, server_repository=server_repository)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return bundle.backend

@@ -8,7 +8,6 @@ placeholder can survive. Version directories are written under a temporary name 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,9 @@ from typing import Any
 from pipeline.bundle import Bundle
 from pipeline.errors import TrtbuildError
 from pipeline.triton import pbtxt
+from pipeline.triton.render import BUNDLE_DIR, VERSION_CONFIG, ServingOptions, render_version
 from pipeline.util import atomic
 from pipeline.util.files import link_tree
-
-MODEL_SHIM = '''"""Written by trtbuild: the reference backend's Triton python model."""
-from pipeline.backends.reference.triton_model import TritonPythonModel  # noqa: F401
-'''
 
 # inputs and outputs with the names of TensorRT-LLM's inflight_batcher_llm ensemble
 ENSEMBLE_INPUTS: list[tuple[str, str, list[int], bool]] = [
@@ -105,7 +101,7 @@ class ModelDir:
         return self.versions()[-1:]
 
     def bundle_id(self, v: int) -> str | None:
-        m = self.version_dir(v) / "bundle" / "manifest.json"
+        m = self.version_dir(v) / BUNDLE_DIR / "manifest.json"
         if not m.is_file():
             return None
         from pipeline.util.hashing import sha256_file
@@ -116,25 +112,82 @@ class ModelDir:
         return next((v for v in self.versions() if self.bundle_id(v) == bundle_id), None)
 
 
-def materialize_version(model: ModelDir, bundle: Bundle, version: int) -> Path:
-    """Copy (hard-link when possible) the bundle into `<model>/<version>/` atomically."""
+def materialize_version(model: ModelDir, bundle: Bundle, version: int, *, server_repository: str | None = None,
+                        options: ServingOptions | None = None) -> Path:
+    """Write version `version` of `model`: the bundle (hard-linked when possible), the rendered
+    files, this version's config (VERSION_CONFIG) and, for an ensemble, its composing models.
+
+    Every directory is written under a temporary name and renamed; the main version directory is
+    renamed last, so a version exists only once everything it routes through exists. Nothing is
+    left behind on failure. `server_repository` is the repository's path as the server sees it
+    (default: this one's absolute path); rendered configs and model.yaml hold absolute paths.
+    """
     final = model.version_dir(version)
     if final.exists():
         raise RepositoryError(f"{final} already exists; versions are immutable")
-    model.root.mkdir(parents=True, exist_ok=True)
-    tmp = model.root / f".tmp-{version}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    repo = model.root.parent
+    served_root = (server_repository or str(repo.resolve())).rstrip("/")
+    rendered = render_version(model.name, bundle, version, version_dir=f"{served_root}/{model.name}/{version}",
+                              options=options)
+    for m in rendered.all():  # before anything is written
+        pbtxt.check_no_placeholders(m.config)
+        for rel, text in m.files.items():
+            found = pbtxt.find_placeholders(text)
+            if found:
+                raise pbtxt.ModelConfigError(f"{m.name}/{version}/{rel}: unresolved template placeholders: "
+                                             + "; ".join(found))
+    created: list[Path] = []
     try:
-        link_tree(bundle.dir, tmp / "bundle")  # bundles are immutable: hard links are safe
-        if bundle.backend == "reference":
-            (tmp / "model.py").write_text(MODEL_SHIM)
-        else:
-            raise RepositoryError(f"publishing a '{bundle.backend}' bundle into Triton is not wired yet")
-        tmp.rename(final)
+        for m in rendered.composing:
+            target = repo / m.name
+            if target.exists():
+                raise RepositoryError(f"{target} already exists; composing models of a version are immutable "
+                                      "(left over from an interrupted publish? remove it)")
+            with atomic.staged_dir(target) as tmp:
+                _write_version_files(tmp / str(version), m.files)
+                (tmp / "config.pbtxt").write_text(render_config(m.config))
+            created.append(target)
+        model.root.mkdir(parents=True, exist_ok=True)
+        with atomic.staged_dir(final) as tmp:
+            link_tree(bundle.dir, tmp / BUNDLE_DIR)  # bundles are immutable: hard links are safe
+            _write_version_files(tmp, rendered.main.files)
+            (tmp / VERSION_CONFIG).write_text(render_config(rendered.main.config))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
         raise
     return final
+
+
+def _write_version_files(vdir: Path, files: dict[str, str]) -> None:
+    vdir.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        path = vdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def version_config_text(model: ModelDir, version: int) -> str | None:
+    """The config.pbtxt that serves exactly `version` (its own rendered config, policy = [version]);
+    None for a version written before configs were kept per version."""
+    path = model.version_dir(version) / VERSION_CONFIG
+    if not path.is_file():
+        return None
+    return pbtxt.with_version_policy(path.read_text(), specific=[version])
+
+
+def composing_models(config_text: str) -> list[str]:
+    """Names of the models an ensemble config routes through (empty for any other model)."""
+    cfg = parse_config(config_text)
+    return [step.model_name for step in cfg.ensemble_scheduling.step]
+
+
+def install_config(model: ModelDir, version: int) -> None:
+    """Make config.pbtxt serve `version` (no server involved)."""
+    text = version_config_text(model, version)
+    if text is None:
+        text = pbtxt.with_version_policy(model.config_path.read_text(), specific=[version])
+    atomic.write_text(model.config_path, text)
 
 
 def write_config(model: ModelDir, config: dict[str, Any]) -> bytes:
@@ -151,16 +204,40 @@ def restore_config(model: ModelDir, previous: bytes) -> None:
         model.config_path.unlink(missing_ok=True)
 
 
+def version_composing(model: ModelDir, version: int) -> list[str]:
+    own = model.version_dir(version) / VERSION_CONFIG
+    return composing_models(own.read_text()) if own.is_file() else []
+
+
+def remove_version(model: ModelDir, version: int) -> None:
+    """Delete a version directory and the composing models it routes through."""
+    composing = version_composing(model, version)
+    shutil.rmtree(model.version_dir(version), ignore_errors=True)  # first: the version is gone, then its parts
+    for name in composing:
+        shutil.rmtree(model.root.parent / name, ignore_errors=True)
+
+
 def prune(model: ModelDir, keep: int, protect: list[int]) -> list[int]:
-    """Remove the oldest versions beyond `keep`, never one in `protect`."""
+    """Remove the oldest versions beyond `keep`, never one in `protect`, with their composing models."""
     removed = []
     versions = model.versions()
     for v in versions[: max(0, len(versions) - keep)]:
         if v in protect:
             continue
-        shutil.rmtree(model.version_dir(v))
+        remove_version(model, v)
         removed.append(v)
     return removed
+
+
+def top_level_models(repository: Path) -> list[str]:
+    """Models to load when a server starts: every model with a config.pbtxt except the composing
+    models of some version (those load with their ensemble, and only the served version's)."""
+    if not repository.is_dir():
+        return []
+    models = [p for p in sorted(repository.iterdir()) if (p / "config.pbtxt").is_file()]
+    composing = {name for m in models for v in ModelDir(m).versions()
+                 for name in version_composing(ModelDir(m), v)}
+    return [m.name for m in models if m.name not in composing]
 
 
 def describe(model: ModelDir) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from pipeline.bundle import RuntimeFacts, check_compatible, load_bundle
 from pipeline.errors import ServiceError
 from pipeline.triton import pbtxt
 from pipeline.triton.publish import Published, smoke_check
-from pipeline.triton.repository import MODEL_SHIM, RepositoryError, parse_config, reference_config, render_config
+from pipeline.triton.render import REFERENCE_SHIM
+from pipeline.triton.repository import RepositoryError, parse_config, reference_config, render_config
 from pipeline.util.hashing import iter_content_files, sha256_bytes
 
 CONFIG = "config.pbtxt"
@@ -122,7 +123,7 @@ class S3ModelRepository:
             for f in iter_content_files(bundle_dir):
                 rel = f.relative_to(bundle_dir).as_posix()
                 self.client.upload_file(str(f), self.bucket, self.key(model, version, "bundle", rel))
-        self.write(MODEL_SHIM.encode(), model, version, "model.py")
+        self.write(REFERENCE_SHIM.encode(), model, version, "model.py")
 
     def remove_version(self, model: str, version: int) -> None:
         keys = self.keys(model, version)
@@ -210,9 +211,12 @@ def publish_bundle_s3(bundle_dir: Path, repo: S3ModelRepository, model: str, *, 
             cfg = reference_config(model, bundle, versions=[version], instances=instances)
             repo.write(render_config(cfg).encode(), model, CONFIG)  # last: the version is complete
             if server_url:
-                from pipeline.triton.publish import _first_load
+                from pipeline.triton.control import ModelControl
 
-                _first_load(server_url, model, version, load_timeout, smoke_prompt)
+                control = ModelControl(server_url)
+                control.load(model, timeout=load_timeout)
+                control.wait_ready(model, version, timeout=load_timeout)
+                smoke_check(server_url, model, smoke_prompt)(version)
         else:
             seconds = switch_s3(repo, model, version, server_url=server_url, load_timeout=load_timeout,
                                 smoke_prompt=smoke_prompt)

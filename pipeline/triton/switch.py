@@ -1,7 +1,8 @@
 """Zero-downtime version switch of a model in a Triton repository.
 
-The switch rewrites config.pbtxt's version_policy to `specific: [target]` (temporary file +
-rename) and asks Triton to reload the model. Triton keeps the old version serving until the
+The switch installs the target version's own config.pbtxt (kept in its version directory; for
+older repositories: the current one with version_policy `specific: [target]`), by temporary
+file + rename, and asks Triton to reload the model. Triton keeps the old version serving until the
 new one is ready, then unloads it; a version that fails to load leaves the old one serving.
 On any failure (load refused, load timeout, not ready, smoke check raised) the previous
 config.pbtxt bytes are put back and the model reloaded, so the repository on disk again
@@ -35,6 +36,7 @@ from filelock import FileLock
 from pipeline.errors import ServiceError
 from pipeline.triton import pbtxt
 from pipeline.triton.control import ModelControl, ModelLoadError
+from pipeline.triton.repository import ModelDir, version_config_text
 from pipeline.util import atomic
 
 STUB_NAME = "triton_python_backend_stub"
@@ -146,7 +148,11 @@ def switch_version(control: ModelControl, repository: Path | None, model: str, v
     config.check(version)
     with config.lock(timeout):
         old_bytes = config.read()
-        new_text = pbtxt.with_version_policy(old_bytes.decode(), specific=[version])
+        # the version's own rendered config when it has one (an ensemble's steps and engine paths
+        # differ per version), else the current config with only the policy changed
+        own = (version_config_text(ModelDir(config.repository / model), version)
+               if isinstance(config, LocalConfig) else None)
+        new_text = own or pbtxt.with_version_policy(old_bytes.decode(), specific=[version])
         previous = control.ready_versions(model)
 
         config.write(new_text.encode())

@@ -1,4 +1,6 @@
-"""Publish, serve and roll back reference bundles through a real tritonserver, under load."""
+"""Publish, serve and roll back reference bundles through a real tritonserver, under load; roll back
+to pruned versions from a file:// and an s3:// (SeaweedFS) store; GPU bundles against a server
+without their Triton backend."""
 
 from __future__ import annotations
 
@@ -16,12 +18,17 @@ from pipeline.bundle import facts_for_target, write_manifest
 from pipeline.errors import CompatibilityError, IntegrityError, TrtbuildError
 from pipeline.quant.calibration import load_calibration
 from pipeline.quant.quantize import quantize_checkpoint
+from pipeline.store import open_store
+from pipeline.triton import history
 from pipeline.triton.client import LLMClient
-from pipeline.triton.publish import publish_bundle, rollback
+from pipeline.triton.publish import BackendUnavailableError, publish_bundle, rollback
 from pipeline.triton.repository import ModelDir, parse_config
 from pipeline.triton.server import TritonServer, locate_tritonserver
-from pipeline.util.hashing import iter_content_files
+from pipeline.util.hashing import iter_content_files, sha256_file
+from tests.integration.services_fixtures import *  # noqa: F403 - fixtures
+from tests.integration.services_fixtures import S3Service
 from tests.tiny_model import save_tiny_checkpoint
+from tests.triton_bundles import recipe, tensorrt_bundle
 
 pytestmark = pytest.mark.integration
 CPU = facts_for_target("cpu")
@@ -47,7 +54,7 @@ def make_bundle(root: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {"v1": make_bundle(root, 1), "v2": make_bundle(root, 2), "v3": make_bundle(root, 3)}
+    return {f"v{i}": make_bundle(root, i) for i in (1, 2, 3, 4)}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
 class Load:
     """A client sending requests continuously; records answering versions and failures."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, model: str = MODEL) -> None:
+        self.model = model
         self.client = LLMClient(url, timeout=60)
         self.versions: list[int | None] = []
         self.errors: list[str] = []
@@ -71,7 +79,7 @@ class Load:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                g = self.client.stream(MODEL, "The object", max_tokens=3, ignore_eos=True)
+                g = self.client.stream(self.model, "The object", max_tokens=3, ignore_eos=True)
                 self.versions.append(g.model_version)
             except TrtbuildError as e:
                 self.errors.append(str(e))
@@ -161,3 +169,83 @@ def test_broken_versions_are_refused_and_nothing_changes(server: tuple[TritonSer
     with pytest.raises(CompatibilityError, match="runtime has no NVIDIA GPU"):
         publish_bundle(gpu, repo, MODEL, facts=CPU, server_url=url)
     assert snapshot(repo) == before
+
+
+def served_version(url: str, model: str) -> int | None:
+    return LLMClient(url, timeout=60).stream(model, "The object", max_tokens=2, ignore_eos=True).model_version
+
+
+def publish_four_keep_two(url: str, repo: Path, model: str, bundles: dict[str, Path], store: str) -> ModelDir:
+    for name in ("v1", "v2", "v3", "v4"):
+        publish_bundle(bundles[name], repo, model, facts=CPU, keep=2, server_url=url, store=store)
+    md = ModelDir(repo / model)
+    assert md.versions() == [3, 4] and md.served_versions() == [4]  # 1 and 2 were pruned
+    assert sorted(history.read(md.root)) == [1, 2, 3, 4]
+    return md
+
+
+def test_rollback_to_a_pruned_version_comes_back_from_a_file_store(server: tuple[TritonServer, Path],
+                                                                   bundles: dict[str, Path], tmp_path: Path) -> None:
+    srv, repo = server
+    url, model = srv.http_url, "tiny-file"
+    store = open_store(f"file://{tmp_path / 'store'}")
+    for b in bundles.values():
+        store.put(b)
+    md = publish_four_keep_two(url, repo, model, bundles, store.uri)
+
+    # a damaged stored object: refused with the file named; the repository and what serves unchanged
+    damaged = history.read(md.root)[2].bundle_id
+    obj = tmp_path / "store" / "bundles" / damaged / "files" / "checkpoint" / "config.json"
+    obj.chmod(0o644)
+    obj.write_text('{"garbage": true}')
+    before = snapshot(repo)
+    with pytest.raises(IntegrityError, match=r"checkpoint/config\.json: .*(does not match its sha256|bytes)"):
+        rollback(repo, model, server_url=url, to=2)
+    assert snapshot(repo) == before and md.served_versions() == [4]
+    assert served_version(url, model) == 4
+    assert not [p for p in repo.iterdir() if p.name.startswith(".fetch-")]
+
+    with Load(url, model) as load:
+        back = rollback(repo, model, server_url=url, to=1)
+    assert back.fetched and back.version == 1 and back.previous == [4]
+    assert load.errors == [] and collapse(load.versions) == [4, 1]
+    assert md.served_versions() == [1] and md.versions() == [1, 3, 4]
+    assert md.bundle_id(1) == history.read(md.root)[1].bundle_id == sha256_file(bundles["v1"] / "manifest.json")
+    assert served_version(url, model) == 1
+
+
+def test_rollback_to_a_pruned_version_comes_back_from_s3(server: tuple[TritonServer, Path], bundles: dict[str, Path],
+                                                         s3_env: S3Service, s3_uri: str) -> None:
+    srv, repo = server
+    url, model = srv.http_url, "tiny-s3"
+    store = open_store(s3_uri)
+    for b in bundles.values():
+        store.put(b)
+    md = publish_four_keep_two(url, repo, model, bundles, s3_uri)
+    assert history.read(md.root)[1].store == s3_uri
+
+    damaged = history.read(md.root)[2].bundle_id
+    key = store.object_uri(damaged, "checkpoint/config.json").removeprefix("s3://").split("/", 1)
+    s3_env.client().put_object(Bucket=key[0], Key=key[1], Body=b'{"garbage": true}')
+    before = snapshot(repo)
+    with pytest.raises(IntegrityError, match=r"checkpoint/config\.json"):
+        rollback(repo, model, server_url=url, to=2)
+    assert snapshot(repo) == before and served_version(url, model) == 4
+
+    back = rollback(repo, model, server_url=url, to=1)
+    assert back.fetched and md.served_versions() == [1] and served_version(url, model) == 1
+
+
+def test_tensorrt_bundle_is_refused_by_a_server_without_tensorrtllm(server: tuple[TritonServer, Path],
+                                                                   tmp_path: Path) -> None:
+    srv, repo = server
+    bundle = tensorrt_bundle(tmp_path, recipe("llama70b"))
+    h100 = facts_for_target("h100", gpus=2)
+    before = snapshot(repo)
+    with pytest.raises(BackendUnavailableError, match="tensorrtllm backend not available on this tritonserver"):
+        publish_bundle(bundle, repo, "llama70b", facts=h100, server_url=srv.http_url)
+    assert snapshot(repo) == before
+    assert not (repo / "llama70b").exists()
+    # without a server the rendered repository is written (it loads only where the backend exists)
+    done = publish_bundle(bundle, tmp_path / "offline", "llama70b", facts=h100)
+    assert done.version == 1 and (tmp_path / "offline" / "llama70b_v1_tensorrt_llm" / "config.pbtxt").is_file()
