@@ -88,4 +88,4 @@ def test_promote_list_rollback_cli(tmp_path: Path) -> None:
     rows = cli("list", "m")["versions"]
     assert {r["version"]: r["aliases"] for r in rows} == {1: [], 2: ["production"]}  # type: ignore[index, union-attr]
     back = cli("rollback", "m", "--registry", reg_uri, "--no-triton")
-    assert back["registry"] == {"from": 2, "to": 1}
+    assert back["registry"] == {"model": "m", "from": 2, "to": 1}
