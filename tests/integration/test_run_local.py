@@ -159,3 +159,34 @@ def _parse_env(path: Path) -> dict[str, str]:
             k, _, v = line.removeprefix("export ").partition("=")
             out[k] = v
     return out
+
+
+def test_registry_rollback_serves_the_bundle_production_moves_back_to(setup: dict[str, Any]) -> None:
+    """A second release, promoted after the first; `rollback --registry` moves `production` back and
+    the Triton model serves the first bundle again (the printed commands, with the printed env)."""
+    if "summary" not in setup:
+        pytest.skip("needs the finished run of the test above")
+    recipe = yaml.safe_load(setup["recipe"].read_text())
+    recipe["quantize"]["calibration"]["samples"] = 5  # another calibration: another bundle
+    setup["recipe"].write_text(yaml.safe_dump(recipe))
+    r = run_cli(setup, "run", str(setup["recipe"]), "--local", "--json", "--artifacts", str(setup["artifacts"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    fin = json.loads(r.stdout)["finale"]
+    assert fin["release"]["version"] == 2 and fin["publish"]["version"] == 2
+    env = {**setup["env"], **_parse_env(setup["artifacts"] / "local" / "local.env")}
+
+    def cli(*args: str) -> dict[str, Any]:
+        p = subprocess.run([*CLI, *args, "--json"], cwd=setup["dir"], env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return dict(json.loads(p.stdout))
+
+    cli("promote", "tiny-local", "--version", "1")
+    assert cli("promote", "tiny-local", "--version", "2")["previous"] == 1
+    back = cli("rollback", "tiny", "--registry", "--registered-model", "tiny-local")
+    assert back["registry"] == {"model": "tiny-local", "from": 2, "to": 1}
+    [m] = back["triton"]["models"]
+    assert (m["action"], m["from_version"], m["to_version"]) == ("switch", 2, 1)
+    from pipeline.triton.control import ModelControl
+
+    assert ModelControl(env["TRTBUILD_TRITON_URL"]).ready_versions("tiny") == [1]
