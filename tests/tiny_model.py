@@ -46,7 +46,7 @@ def make_model(seed: int = 0, layers: int = 2, hidden: int = 64, peaky: float = 
     return model
 
 
-def save_tiny_checkpoint(out: Path, seed: int = 0, peaky: float = 1.0) -> Path:
-    make_model(seed, peaky=peaky).save_pretrained(out)
+def save_tiny_checkpoint(out: Path, seed: int = 0, peaky: float = 1.0, hidden: int = 64) -> Path:
+    make_model(seed, hidden=hidden, peaky=peaky).save_pretrained(out)
     make_tokenizer().save_pretrained(out)
     return out
