@@ -25,6 +25,7 @@ from pipeline.util import atomic
 STATE_FILE = "modelopt_state.pth"
 FORMAT = "trtbuild-compact-1"
 _CHUNK_BYTES = 1 << 28  # a GPU tensor crosses to host in pieces of at most 256 MiB
+META = b"meta"
 
 
 def tensor_digest(t: Any) -> bytes:
@@ -32,8 +33,8 @@ def tensor_digest(t: Any) -> bytes:
     import torch
 
     h = hashlib.blake2b(f"{t.dtype}{tuple(t.shape)}".encode(), digest_size=16)
-    if t.device.type == "meta":  # no data here (offloaded by accelerate): shape and dtype only
-        return h.digest()
+    if t.device.type == "meta":  # offloaded by accelerate: no data here to compare
+        return META
     flat = t.detach().reshape(-1)
     step = max(1, _CHUNK_BYTES // max(1, flat.element_size()))
     for i in range(0, flat.numel(), step):
@@ -68,6 +69,11 @@ def save_state(model: Any, path: Path, before: dict[str, bytes]) -> dict[str, in
         elif tensor_digest(v) != before[k]:
             keep[k] = v.detach().cpu()
             changed += 1
+    offloaded = sum(1 for d in before.values() if d == META)
+    if offloaded and changed:
+        # AWQ-like calibration rescales weights; those of offloaded layers cannot be compared here
+        raise QuantizeError(f"calibration changed {changed} weights and {offloaded} tensors are offloaded "
+                            "(not compared); quantize on a host where the model fits in GPU memory")
     payload = {
         "modelopt_state": mto.modelopt_state(model),
         "model_state_dict": keep,

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.errors import QuantizeError
 from pipeline.quant.configs import check_block_shapes
-from pipeline.quant.state import tensor_digest
+from pipeline.quant.state import save_state, state_digests, tensor_digest
 from pipeline.util import atomic
 
 SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9}
@@ -32,9 +32,21 @@ def test_digest_dtypes_shapes_and_chunks(monkeypatch: pytest.MonkeyPatch) -> Non
     assert tensor_digest(w.to(torch.float8_e4m3fn)) != tensor_digest(w.to(torch.float8_e5m2))
     assert tensor_digest(w) != tensor_digest(w.reshape(8, 6))
     assert tensor_digest(w.t()) == tensor_digest(w.t().contiguous())  # layout is not content
+    assert tensor_digest(w.to("meta")) == b"meta"  # offloaded: nothing to compare
     whole = tensor_digest(w)
     monkeypatch.setattr("pipeline.quant.state._CHUNK_BYTES", 12)  # 3 floats a chunk
     assert tensor_digest(w) == whole
+
+
+def test_save_state_refuses_changed_weights_beside_offloaded_ones(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 4)
+    model.weight = torch.nn.Parameter(torch.empty(4, 4, device="meta"))  # as accelerate offloads it
+    before = state_digests(model)
+    with torch.no_grad():
+        model.bias.mul_(2)  # what AWQ does to weights it can see
+    with pytest.raises(QuantizeError, match="calibration changed 1 weights and 1 tensors are offloaded"):
+        save_state(model, tmp_path / "s.pth", before)
+    assert not (tmp_path / "s.pth").exists()
 
 
 def test_open_write_is_atomic(tmp_path: Path) -> None:
