@@ -3,7 +3,7 @@
 Calibrate once, save the calibrated state, and restore it into a freshly loaded model before each
 export: each ModelOpt export mutates the model it is given (a second export from the same
 model silently writes different tensors). The state file holds only what calibration added or
-changed (pipeline/quant/state.py): 34 kB instead of `mto.save`'s 538 MB for SmolLM2-135M.
+changed (pipeline/quant/state.py): 0.45 MB instead of `mto.save`'s 538 MB for SmolLM2-135M FP8+FP8 KV.
 """
 
 from __future__ import annotations
