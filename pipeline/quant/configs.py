@@ -29,3 +29,28 @@ def modelopt_config(algo: str, kv_cache: str) -> dict[str, Any] | None:
     if kv_cfg is not None:
         cfg = update_quant_cfg_with_kv_cache_quant(cfg, kv_cfg["quant_cfg"])
     return cfg
+
+
+# Weight block sizes along a linear layer's input features. ModelOpt pads a partial last block
+# without a word, but TensorRT-LLM's groupwise INT4 (W4A16/W4A8 AWQ, group 128) and NVFP4 (16)
+# GEMMs take whole blocks of K only, so a model whose dimensions are not multiples fails late.
+BLOCK_SIZE = {"nvfp4": 16, "int4_awq": 128, "w4a8_awq": 128}
+
+
+def check_block_shapes(config: dict[str, Any], algo: str) -> None:
+    """Refuse, before anything is loaded, a model whose linear inputs are not whole blocks."""
+    block = BLOCK_SIZE.get(algo)
+    if block is None:
+        return
+    tc = config.get("text_config")
+    c: dict[str, Any] = tc if isinstance(tc, dict) else config
+    heads, hidden = c.get("num_attention_heads"), c.get("hidden_size")
+    head_dim = c.get("head_dim") or (hidden // heads if isinstance(hidden, int) and heads else None)
+    # the input widths of q/k/v/gate/up (hidden), down (intermediate) and o (heads * head_dim)
+    dims = {"hidden_size": hidden, "intermediate_size": c.get("intermediate_size"),
+            "num_attention_heads * head_dim": heads * head_dim if heads and head_dim else None}
+    for name, value in dims.items():
+        if isinstance(value, int) and value % block:
+            raise QuantizeError(f"quantize.algo={algo} quantizes weights in blocks of {block} input features but "
+                                f"this model's {name} = {value} is not a multiple of {block}; "
+                                "set quantize.algo to fp8 for this model")

@@ -1,8 +1,9 @@
 """Quantize a checkpoint with NVIDIA ModelOpt and export what the backend needs.
 
-Calibrate once, save the quantizer state, and restore it into a freshly loaded model before each
+Calibrate once, save the calibrated state, and restore it into a freshly loaded model before each
 export: each ModelOpt export mutates the model it is given (a second export from the same
-model silently writes different tensors).
+model silently writes different tensors). The state file holds only what calibration added or
+changed (pipeline/quant/state.py): 0.45 MB instead of `mto.save`'s 538 MB for SmolLM2-135M FP8+FP8 KV.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from pipeline.errors import QuantizeError
 from pipeline.quant.calibration import Calibration
-from pipeline.quant.configs import KV_ALGO, QUANT_ALGO, modelopt_config
+from pipeline.quant.configs import KV_ALGO, QUANT_ALGO, check_block_shapes, modelopt_config
 from pipeline.quant.memory import available, plan_memory
+from pipeline.quant.state import STATE_FILE, restore_state, save_state, state_digests
 from pipeline.util import atomic
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -67,7 +69,6 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
                         exports: set[str], tensor_parallel: int = 1, pipeline_parallel: int = 1,
                         device: str | None = None, dtype: str = "bfloat16",
                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    import modelopt.torch.opt as mto
     import modelopt.torch.quantization as mtq
     import torch
     from transformers.utils import logging as hf_logging
@@ -78,6 +79,7 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     config = json.loads((src_dir / "config.json").read_text())
+    check_block_shapes(config, algo)  # before minutes of loading and calibrating
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpus, cpu_free = available()
     plan = plan_memory(config, gpus=gpus if device == "cuda" else [], cpu_free=cpu_free,
@@ -93,11 +95,14 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
         "calibration": calibration.record() if calibration else None,
         "quant_config": json.loads(json.dumps(qcfg, default=str)) if qcfg else None,
     }
-    state = out_dir / "modelopt_state.pth"
+    state = out_dir / STATE_FILE
     if qcfg is not None:
         if calibration is None:
             raise QuantizeError(f"{algo}/{kv_cache} needs calibration data")
         model = _load(src_dir, calib_dtype, plan.device, plan.device_map, plan.max_memory)
+        t = time.monotonic()
+        before = state_digests(model)  # to tell which weights calibration changes (AWQ folds scales)
+        digest_seconds = time.monotonic() - t
         batches = calibration.batches
         dev = next(model.parameters()).device
 
@@ -112,7 +117,9 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
             model = mtq.quantize(model, qcfg, forward_loop)
         record["calibration_seconds"] = time.monotonic() - t
         record["amax"] = amax_summary(model)
-        mto.save(model, state)
+        t = time.monotonic()
+        record["state"] = save_state(model, state, before)
+        record["state"]["seconds"] = round(digest_seconds + time.monotonic() - t, 3)
         del model
     for kind in sorted(exports):
         target = out_dir / kind
@@ -122,28 +129,38 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
             continue
         model = _load(src_dir, export_dtype, plan.device, plan.device_map, plan.max_memory)
         if qcfg is not None:
-            mto.restore(model, state)
-        if kind == "unified":
-            from modelopt.torch.export import export_hf_checkpoint
-
-            export_hf_checkpoint(model, dtype=export_dtype, export_dir=target)
-            copy_tokenizer(src_dir, target)
-        elif kind == "trtllm":
-            from modelopt.torch.export import export_tensorrt_llm_checkpoint
-
-            decoder = config.get("model_type", "llama")
-            export_tensorrt_llm_checkpoint(model, decoder, dtype=export_dtype, export_dir=target,
-                                           inference_tensor_parallel=tensor_parallel,
-                                           inference_pipeline_parallel=pipeline_parallel)
-            record["trtllm_config_fixes"] = fix_trtllm_config(target, config)
-            copy_tokenizer(src_dir, target)
-        else:
-            raise QuantizeError(f"unknown export '{kind}'")
+            model = restore_state(model, state)
+        fixes = export_model(model, kind, target, src_dir=src_dir, config=config, dtype=export_dtype,
+                             tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+        if kind == "trtllm":
+            record["trtllm_config_fixes"] = fixes
         del model
     record["seconds"] = time.monotonic() - start
     record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     atomic.write_text(out_dir / "quantize.json", json.dumps(record, indent=2, sort_keys=True))
     return record
+
+
+def export_model(model: Any, kind: str, target: Path, *, src_dir: Path, config: dict[str, Any], dtype: Any,
+                 tensor_parallel: int = 1, pipeline_parallel: int = 1) -> list[str]:
+    """One ModelOpt export (it mutates `model`) plus tokenizer files; returns the config fixes made."""
+    fixes: list[str] = []
+    if kind == "unified":
+        from modelopt.torch.export import export_hf_checkpoint
+
+        export_hf_checkpoint(model, dtype=dtype, export_dir=target)
+    elif kind == "trtllm":
+        from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+        decoder = config.get("model_type", "llama")
+        export_tensorrt_llm_checkpoint(model, decoder, dtype=dtype, export_dir=target,
+                                       inference_tensor_parallel=tensor_parallel,
+                                       inference_pipeline_parallel=pipeline_parallel)
+        fixes = fix_trtllm_config(target, config)
+    else:
+        raise QuantizeError(f"unknown export '{kind}'")
+    copy_tokenizer(src_dir, target)
+    return fixes
 
 
 def fix_trtllm_config(trtllm_dir: Path, hf_config: dict[str, Any]) -> list[str]:

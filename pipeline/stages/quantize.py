@@ -21,6 +21,9 @@ class QuantizeStage(Stage):
     name = "quantize"
     inputs = ("fetch",)
     tools: ClassVar[tuple[str, ...]] = ("nvidia-modelopt", "torch", "transformers")
+    # 2: modelopt_state.pth holds only what calibration added or changed (pipeline/quant/state.py),
+    # not mto.save's full state dict; an output cached by 1 has the other format
+    code_version = 2
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         r = loaded.recipe

@@ -8,20 +8,31 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def open_write(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears under `path` only when the block finishes without an exception.
+
+    For writers that want a file object (torch.save) rather than the whole content in memory.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with open_write(path) as f:
+        f.write(data)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -15,6 +15,7 @@ from pipeline.quant.calibration import load_calibration
 from pipeline.quant.loader import load_unified
 from pipeline.quant.nvfp4_emu import cpu_nvfp4
 from pipeline.quant.quantize import quantize_checkpoint
+from pipeline.quant.state import STATE_FILE, restore_state
 from tests.tiny_model import save_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -106,12 +107,11 @@ def compare(fq: Any, model: Any, batches: list[torch.Tensor]) -> tuple[float, fl
 
 
 def fake_quant(source: Path, d: Path, *, weights_only: bool = False) -> Any:
-    import modelopt.torch.opt as mto
     import modelopt.torch.quantization as mtq
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    mto.restore(model, d / "modelopt_state.pth")
+    model = restore_state(model, d / STATE_FILE)
     if weights_only:
         mtq.disable_quantizer(model, "*input_quantizer")
     # The export gives layers that TensorRT-LLM fuses (q/k/v, gate/up) one shared global scale;
