@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,11 @@ from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
 from pipeline.util import atomic
+
+# teacher-forced windows per forward: all windows have one length, so rows need no padding and
+# score exactly as alone; 4 keeps the [4, len, vocab] log-prob tensors of both models near 1 GB
+# for a 49k vocabulary at 256 tokens
+TF_BATCH = 4
 
 
 class AccuracyStage(Stage):
@@ -29,9 +33,9 @@ class AccuracyStage(Stage):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pipeline.backends.reference.runtime import ReferenceRuntime, SamplingParams
+        from pipeline.backends.reference.runtime import ReferenceRuntime
         from pipeline.backends.reference.serve import load_runtime
-        from pipeline.eval import gate, tasks, teacher_forced, textset
+        from pipeline.eval import gate, measure, tasks, textset
 
         r = ctx.recipe
         cfg = r.gates.accuracy
@@ -48,18 +52,15 @@ class AccuracyStage(Stage):
         try:
             seqs = textset.windows(tok, textset.load_text(cfg.text_set, ctx.loaded.path.parent),
                                    count=cfg.text_samples, length=cfg.text_seq_len)
-            with ctx.progress("teacher-forced comparison", total=len(seqs)) as bar:
-                tf = teacher_forced.compare(baseline.score, candidate.score, seqs, progress=bar.advance)
-            pairs = []
-            for t in cfg.tasks:
-                items = tasks.load_items(t.data, ctx.loaded.path.parent)
-                with ctx.progress(f"task {t.name}", total=2):
-                    b = tasks.run_task(t.name, t.kind, items, _greedy(baseline, SamplingParams), limit=t.limit)
-                    c = tasks.run_task(t.name, t.kind, items, _greedy(candidate, SamplingParams), limit=t.limit)
-                pairs.append((b, c))
+            specs = [measure.TaskSpec(t.name, t.kind, tasks.load_items(t.data, ctx.loaded.path.parent), t.limit)
+                     for t in cfg.tasks]
+            m = measure.measure(baseline, candidate, seqs, specs, tf_batch=TF_BATCH,
+                                progress=lambda desc, total: ctx.progress(desc, total=total))
         finally:
             baseline.stop()
             candidate.stop()
+        tf, pairs = m.teacher_forced, m.tasks
+        ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items()))
         refs_path = Path(cfg.references)
         key = gate.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
         report = gate.decide(cfg, tf, pairs, gate.load_references(refs_path), key)
@@ -71,12 +72,3 @@ class AccuracyStage(Stage):
                                "ppl_ratio": tf.ppl_ratio, "top1_agreement": tf.top1_agreement, "mean_kl": tf.mean_kl,
                                **{f"{t['name']}_accuracy": t["candidate"] for t in report.tasks}}},
                            passed=report.passed)
-
-
-def _greedy(rt: Any, params_cls: Any) -> Callable[[str, int], str]:
-    def gen(prompt: str, n: int) -> str:
-        return str(rt.generate(prompt, params_cls(max_tokens=n)).text)
-
-    return gen
-
-
