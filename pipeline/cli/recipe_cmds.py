@@ -78,20 +78,32 @@ def plan(recipe: Path, artifacts: Path, json_mode: bool) -> None:
 @click.option("--from", "from_stage", help="Re-run from this stage (earlier stages must be cached).")
 @click.option("--until", help="Stop after this stage.")
 @click.option("--force", is_flag=True, help="Re-run every stage in range even if cached.")
+@click.option("--record-references", is_flag=True,
+              help="Measure the accuracy gate again and write its baseline task scores into the references "
+                   "YAML under model/quant/kv (old -> new printed); they apply from the next run.")
 @ARTIFACTS
 @common
-def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, artifacts: Path,
-        json_mode: bool) -> None:
+def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, record_references: bool,
+        artifacts: Path, json_mode: bool) -> None:
     """Run the pipeline: fetch, quantize, build, accuracy, throughput, release, publish."""
-    from pipeline.errors import TrtbuildError
+    from pipeline.errors import TrtbuildError, UsageError
     from pipeline.recipe.load import load_recipe
     from pipeline.runner.events import ConsoleReporter
     from pipeline.runner.runner import Runner
+    from pipeline.runner.stage import STAGE_ORDER
 
     out = Output(json_mode=json_mode)
     loaded = load_recipe(recipe)
+    if record_references:
+        acc = loaded.recipe.gates.accuracy
+        if not acc.enabled or not acc.tasks:
+            raise UsageError(f"--record-references: {recipe} has no accuracy tasks to record "
+                             "(gates.accuracy.enabled / gates.accuracy.tasks); add tasks or drop the option")
+        if until is not None and until in STAGE_ORDER and STAGE_ORDER.index(until) < STAGE_ORDER.index("accuracy"):
+            raise UsageError(f"--record-references needs the accuracy stage; --until {until} stops before it")
     reporter = ConsoleReporter(json_mode=json_mode, console=out.err)
-    runner = Runner(loaded, artifacts=artifacts, reporter=reporter)
+    runner = Runner(loaded, artifacts=artifacts, reporter=reporter,
+                    options={"record_references": record_references})
     out.human(f"[bold]trtbuild run[/] {recipe} ({loaded.recipe.name})")
     record = None
     try:

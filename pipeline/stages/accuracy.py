@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import NotImplementedStageError
+from pipeline.eval import references
 from pipeline.recipe.load import LoadedRecipe
-from pipeline.runner.stage import Stage, StageContext, StageOutput
+from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
 from pipeline.util import atomic
 
@@ -28,6 +29,17 @@ class AccuracyStage(Stage):
 
     def enabled(self, loaded: LoadedRecipe) -> bool:
         return loaded.recipe.gates.accuracy.enabled
+
+    def external_digests(self, loaded: LoadedRecipe, artifacts: Path) -> dict[str, str]:
+        # the verdict depends on this recipe's reference entry: a recorded or edited one re-runs the gate
+        r = loaded.recipe
+        key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
+        return {"references": references.entry_digest(Path(r.gates.accuracy.references), key)}
+
+    def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
+        if ctx.options.get("record_references"):
+            return "--record-references measures the baseline again"
+        return None
 
     def run(self, ctx: StageContext) -> StageOutput:
         import torch
@@ -62,8 +74,11 @@ class AccuracyStage(Stage):
         tf, pairs = m.teacher_forced, m.tasks
         ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items()))
         refs_path = Path(cfg.references)
-        key = gate.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
-        report = gate.decide(cfg, tf, pairs, gate.load_references(refs_path), key)
+        key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
+        # judged against the file as it is now; values recorded below apply from the next run on
+        report = gate.decide(cfg, tf, pairs, references.load(refs_path), key)
+        if ctx.options.get("record_references"):
+            _record(ctx, refs_path, key, pairs, report)
         atomic.write_text(ctx.workdir / "accuracy.json", json.dumps(report.to_json(), indent=2, sort_keys=True))
         atomic.write_text(ctx.workdir / "accuracy.md", report.markdown())
         ctx.reporter.info(report.markdown())
@@ -72,3 +87,20 @@ class AccuracyStage(Stage):
                                "ppl_ratio": tf.ppl_ratio, "top1_agreement": tf.top1_agreement, "mean_kl": tf.mean_kl,
                                **{f"{t['name']}_accuracy": t["candidate"] for t in report.tasks}}},
                            passed=report.passed)
+
+
+def _record(ctx: StageContext, path: Path, key: str, pairs: list[Any], report: Any) -> None:
+    """Write the baseline's task scores as the references for `key`, and say what changed."""
+    import datetime
+
+    from pipeline.stages.build import git_commit
+
+    sigma = ctx.recipe.gates.accuracy.sigma
+    scores = {b.name: {"accuracy": b.accuracy, "n": b.n, "sigma": sigma} for b, _c in pairs}
+    lines = references.record(path, key, scores, date=datetime.datetime.now(datetime.UTC).date().isoformat(),
+                              commit=git_commit(ctx.loaded.path.parent))
+    for line in lines:
+        ctx.reporter.info(f"references {path}: {line}")
+    report.notes.append(f"recorded baseline scores as references for {key} in {path} ({'; '.join(lines)}); "
+                        "this run was judged against the file as it was before, the new values apply from the "
+                        "next run")
