@@ -36,8 +36,9 @@ def calibrated_scales(model: Any, tok: Any, *, sibling_scales: bool = True) -> t
                                                                                        dict[str, torch.Tensor]]:
     """Per-Linear input scales (amax/448) and k/v output scales from one forward, as ModelOpt makes them.
 
-    With `sibling_scales`, q/k/v and gate/up share the largest of their amaxes (as an export for
-    fused QKV / gate-up does); without, each keeps its own, so sharing must not kick in.
+    Siblings read the same input, so their amaxes are equal: with `sibling_scales` they share one
+    scale (as an export for fused QKV / gate-up does); without, k_proj and up_proj get a different
+    one, so sharing must not kick in.
     """
     amax: dict[str, float] = {}
     out_amax: dict[str, float] = {}
@@ -53,12 +54,10 @@ def calibrated_scales(model: Any, tok: Any, *, sibling_scales: bool = True) -> t
         model(input_ids=torch.tensor([ids]))
     for h in hooks:
         h.remove()
-    if sibling_scales:
-        for name in list(amax):
-            for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
-                if name.rsplit(".", 1)[-1] in group:
-                    prefix = name.rsplit(".", 1)[0]
-                    amax[name] = max(amax[f"{prefix}.{g}"] for g in group)
+    if not sibling_scales:
+        for name in amax:
+            if name.endswith(("k_proj", "up_proj")):
+                amax[name] *= 1.37
     ins = {n: torch.tensor(a / 448.0 * 0.7) for n, a in amax.items()}  # 0.7: some values clamp at 448
     kv = {n: torch.tensor(a / 448.0) for n, a in out_amax.items() if n.endswith(("k_proj", "v_proj"))}
     return ins, kv
