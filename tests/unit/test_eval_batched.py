@@ -110,6 +110,17 @@ def test_fp8_fake_quant_same_bits_as_old_form() -> None:
         xb = x.to(torch.bfloat16)
         assert torch.equal(loader.fp8_fake_quant(xb, scale), old_fake_quant(xb, scale))
     assert torch.equal(x, before), "fake quant must not write into its input"
+    t = x.t()  # a non-contiguous input
+    assert torch.equal(loader.fp8_fake_quant(t, torch.tensor(0.01)), old_fake_quant(t, torch.tensor(0.01)))
+    a = loader.fp8_fake_quant(x, torch.tensor(0.01)).view(torch.int32)
+    assert torch.equal(a, old_fake_quant(x, torch.tensor(0.01)).view(torch.int32)), "bits, sign of zero included"
+
+
+def test_e4m3_table_is_the_cast() -> None:
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    nan = codes.isnan()
+    assert int(nan.sum()) == 2 and bool(loader.E4M3_VALUES[nan].isnan().all())
+    assert torch.equal(loader.E4M3_VALUES[~nan].view(torch.int32), codes[~nan].view(torch.int32))
 
 
 @pytest.mark.parametrize(("algo", "sibling_scales"), [("FP8", True), ("FP8", False), ("NVFP4", True)])
