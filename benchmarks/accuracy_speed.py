@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,12 @@ def old_emulation(model: Any, checkpoint: Path) -> None:
 
 
 def side(source: Path, bundle: Path, seqs: list[list[int]], specs: list[measure.TaskSpec], *, batched: bool,
-         tf_batch: int) -> tuple[measure.Measured, float]:
+         tf_batch: int) -> tuple[measure.Measured, float, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.bundle import load_bundle
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rt_info = load_bundle(bundle, verify=False).manifest["runtime"]
     ckpt = bundle / rt_info["checkpoint"]
     tok = AutoTokenizer.from_pretrained(source)
@@ -75,7 +76,7 @@ def side(source: Path, bundle: Path, seqs: list[list[int]], specs: list[measure.
         base.stop()
         cand.stop()
     m.seconds = {"load models": load_s, **m.seconds}
-    return m, time.perf_counter() - start
+    return m, time.perf_counter() - start, time.process_time() - cpu
 
 
 def same(a: measure.Measured, b: measure.Measured) -> list[str]:
@@ -113,16 +114,19 @@ def main() -> None:
     specs = [measure.TaskSpec(n, k, tasks.load_items(f"builtin:{n}")) for n, k in TASKS]
     print(f"torch threads {torch.get_num_threads()}; {len(seqs)} windows of {args.seq_len}; "
           f"tasks {', '.join(f'{s.name} ({len(s.items) - 2})' for s in specs)}", flush=True)
-    runs: dict[str, tuple[measure.Measured, float]] = {}
+    runs: dict[str, tuple[measure.Measured, float, float]] = {}
     for name in ((args.first, "new" if args.first == "old" else "old")):
+        load_before = os.getloadavg()[0]
         runs[name] = side(args.source, args.bundle, seqs, specs, batched=name == "new", tf_batch=args.tf_batch)
-        print(f"{name}: {runs[name][1]:.1f}s", flush=True)
-    (old, old_s), (new, new_s) = runs["old"], runs["new"]
+        print(f"{name}: {runs[name][1]:.1f}s wall, {runs[name][2]:.1f}s CPU; load average {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after", flush=True)
+    (old, old_s, old_cpu), (new, new_s, new_cpu) = runs["old"], runs["new"]
     print(f"\n{'part':<22} {'old s':>8} {'new s':>8} {'old/new':>8}")
     for part in old.seconds:
         o, n = old.seconds[part], new.seconds[part]
         print(f"{part:<22} {o:>8.1f} {n:>8.1f} {o / n:>8.2f}")
     print(f"{'total':<22} {old_s:>8.1f} {new_s:>8.1f} {old_s / new_s:>8.2f}")
+    print(f"{'total CPU (process)':<22} {old_cpu:>8.1f} {new_cpu:>8.1f} {old_cpu / new_cpu:>8.2f}")
     diffs = same(old, new)
     tf = new.teacher_forced
     print(f"\nnew: ppl ratio {tf.ppl_ratio:.6f}, top-1 {tf.top1_agreement:.6f}, KL {tf.mean_kl:.6f}; "
