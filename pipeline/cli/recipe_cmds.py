@@ -99,8 +99,11 @@ def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, re
         if not acc.enabled or not acc.tasks:
             raise UsageError(f"--record-references: {recipe} has no accuracy tasks to record "
                              "(gates.accuracy.enabled / gates.accuracy.tasks); add tasks or drop the option")
-        if until is not None and until in STAGE_ORDER and STAGE_ORDER.index(until) < STAGE_ORDER.index("accuracy"):
+        at = STAGE_ORDER.index("accuracy")
+        if until in STAGE_ORDER and STAGE_ORDER.index(until) < at:
             raise UsageError(f"--record-references needs the accuracy stage; --until {until} stops before it")
+        if from_stage in STAGE_ORDER and STAGE_ORDER.index(from_stage) > at:
+            raise UsageError(f"--record-references needs the accuracy stage; --from {from_stage} starts after it")
     reporter = ConsoleReporter(json_mode=json_mode, console=out.err)
     runner = Runner(loaded, artifacts=artifacts, reporter=reporter,
                     options={"record_references": record_references})

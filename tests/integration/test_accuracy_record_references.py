@@ -133,11 +133,17 @@ def test_record_then_apply_then_unchanged_then_replaced(tmp_path: Path) -> None:
     assert any(f"{KEY} copy: REPLACED 12.5" in m and "->" in m for m in msgs.lines), msgs.lines
 
 
-def test_cli_refuses_record_references_without_tasks(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, tmp_path / "refs.yaml", tasks=False)
+@pytest.mark.parametrize(("tasks", "extra", "says"), [
+    (False, [], "gates.accuracy.tasks"),
+    (True, ["--until", "build"], "--until build stops before it"),
+    (True, ["--from", "release"], "--from release starts after it"),
+])
+def test_cli_refuses_record_references_without_the_gate(tmp_path: Path, tasks: bool, extra: list[str],
+                                                         says: str) -> None:
+    recipe = write_recipe(tmp_path, tmp_path / "refs.yaml", tasks=tasks)
     r = subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", "run", str(recipe), "--record-references",
-                        "--artifacts", str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT, check=False,
-                       timeout=120)
+                        "--artifacts", str(tmp_path / "a"), *extra], capture_output=True, text=True, cwd=ROOT,
+                       check=False, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert "--record-references" in r.stderr and "gates.accuracy.tasks" in r.stderr
+    assert "--record-references" in r.stderr and says in r.stderr
     assert not (tmp_path / "refs.yaml").exists()
