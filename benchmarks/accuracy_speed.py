@@ -1,14 +1,16 @@
 """The accuracy gate's measurement, one at a time (as before) vs batched (as the stage runs now).
 
     python benchmarks/accuracy_speed.py SOURCE_CHECKPOINT BUNDLE_DIR [--samples 32] [--seq-len 256]
-                                        [--tf-batch 4] [--first new]
+                                        [--tf-batch 4] [--first new] [--warm]
 
 SOURCE_CHECKPOINT is the fetch stage's `checkpoint` directory, BUNDLE_DIR a reference bundle
 (build stage). Both sides run in this process on the same windows and task prompts (the
 shipped mc-facts and copy sets, as recipes/smollm2-cpu.yaml): "old" loads the candidate with
 the previous FP8 emulation (one-expression fake quant per Linear) and scores one window and one
-prompt per forward; "new" is pipeline.eval.measure as the stage runs it. Prints wall seconds per
-part (model load included), the old/new ratio, and whether every number and answer matches.
+prompt per forward; "new" is pipeline.eval.measure as the stage runs it (its baseline cache
+empty); with --warm, "warm" is new again with the baseline from that cache, as a re-run on the
+same source. Prints wall seconds per part (model load included), the ratios, and whether every
+number and answer matches.
 On a shared machine run it when it is quiet: other processes slow whichever side runs then.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import torch
 
 from pipeline.backends.reference.runtime import ReferenceRuntime
 from pipeline.eval import measure, tasks, textset
+from pipeline.eval.baseline_cache import BaselineCache
 from pipeline.quant import loader
 
 TASKS = (("mc-facts", "multiple-choice"), ("copy", "exact-match"))
@@ -53,7 +57,7 @@ def old_emulation(model: Any, checkpoint: Path) -> None:
 
 
 def side(source: Path, bundle: Path, seqs: list[list[int]], specs: list[measure.TaskSpec], *, batched: bool,
-         tf_batch: int) -> tuple[measure.Measured, float, float]:
+         tf_batch: int, cache: BaselineCache | None = None) -> tuple[measure.Measured, float, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.bundle import load_bundle
@@ -71,7 +75,7 @@ def side(source: Path, bundle: Path, seqs: list[list[int]], specs: list[measure.
                             max_seq_len=int(rt_info["max_seq_len"]))
     load_s = time.perf_counter() - start
     try:
-        m = measure.measure(base.start(), cand.start(), seqs, specs, batched=batched, tf_batch=tf_batch)
+        m = measure.measure(base.start(), cand.start(), seqs, specs, batched=batched, tf_batch=tf_batch, cache=cache)
     finally:
         base.stop()
         cand.stop()
@@ -106,6 +110,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--tf-batch", type=int, default=4)
     ap.add_argument("--first", choices=("old", "new"), default="old", help="Which side runs first.")
+    ap.add_argument("--warm", action="store_true",
+                    help="Also run new again with the baseline taken from the cache the first new run filled "
+                         "(what a re-run on the same source costs).")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -115,19 +122,29 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; {len(seqs)} windows of {args.seq_len}; "
           f"tasks {', '.join(f'{s.name} ({len(s.items) - 2})' for s in specs)}", flush=True)
     runs: dict[str, tuple[measure.Measured, float, float]] = {}
-    for name in ((args.first, "new" if args.first == "old" else "old")):
-        load_before = os.getloadavg()[0]
-        runs[name] = side(args.source, args.bundle, seqs, specs, batched=name == "new", tf_batch=args.tf_batch)
-        print(f"{name}: {runs[name][1]:.1f}s wall, {runs[name][2]:.1f}s CPU; load average {load_before:.1f} before, "
-              f"{os.getloadavg()[0]:.1f} after", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = BaselineCache(Path(tmp), "benchmark")  # empty: "new" fills it, "warm" reads it
+        order = [args.first, "new" if args.first == "old" else "old"] + (["warm"] if args.warm else [])
+        for name in order:
+            load_before = os.getloadavg()[0]
+            runs[name] = side(args.source, args.bundle, seqs, specs, batched=name != "old", tf_batch=args.tf_batch,
+                              cache=None if name == "old" else cache)
+            print(f"{name}: {runs[name][1]:.1f}s wall, {runs[name][2]:.1f}s CPU; load average {load_before:.1f} "
+                  f"before, {os.getloadavg()[0]:.1f} after; baseline from cache: {runs[name][0].cached or 'none'}",
+                  flush=True)
     (old, old_s, old_cpu), (new, new_s, new_cpu) = runs["old"], runs["new"]
-    print(f"\n{'part':<22} {'old s':>8} {'new s':>8} {'old/new':>8}")
+    warm = runs.get("warm")
+    head = f"\n{'part':<22} {'old s':>8} {'new s':>8} {'old/new':>8}"
+    print(head + (f" {'warm s':>8} {'old/warm':>8}" if warm else ""))
     for part in old.seconds:
         o, n = old.seconds[part], new.seconds[part]
-        print(f"{part:<22} {o:>8.1f} {n:>8.1f} {o / n:>8.2f}")
-    print(f"{'total':<22} {old_s:>8.1f} {new_s:>8.1f} {old_s / new_s:>8.2f}")
-    print(f"{'total CPU (process)':<22} {old_cpu:>8.1f} {new_cpu:>8.1f} {old_cpu / new_cpu:>8.2f}")
-    diffs = same(old, new)
+        tail = f" {warm[0].seconds[part]:>8.1f} {o / warm[0].seconds[part]:>8.2f}" if warm else ""
+        print(f"{part:<22} {o:>8.1f} {n:>8.1f} {o / n:>8.2f}{tail}")
+    tail = f" {warm[1]:>8.1f} {old_s / warm[1]:>8.2f}" if warm else ""
+    print(f"{'total':<22} {old_s:>8.1f} {new_s:>8.1f} {old_s / new_s:>8.2f}{tail}")
+    tail = f" {warm[2]:>8.1f} {old_cpu / warm[2]:>8.2f}" if warm else ""
+    print(f"{'total CPU (process)':<22} {old_cpu:>8.1f} {new_cpu:>8.1f} {old_cpu / new_cpu:>8.2f}{tail}")
+    diffs = same(old, new) + ([f"warm: {d}" for d in same(old, warm[0])] if warm else [])
     tf = new.teacher_forced
     print(f"\nnew: ppl ratio {tf.ppl_ratio:.6f}, top-1 {tf.top1_agreement:.6f}, KL {tf.mean_kl:.6f}; "
           + ", ".join(f"{c.name} {b.accuracy:.1f}/{c.accuracy:.1f}" for b, c in new.tasks))

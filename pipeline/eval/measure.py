@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.eval import tasks, teacher_forced
+from pipeline.eval.baseline_cache import BaselineCache
 from pipeline.eval.tasks import TaskResult
 from pipeline.eval.teacher_forced import TeacherForced
 
@@ -35,6 +36,7 @@ class Measured:
     teacher_forced: TeacherForced
     tasks: list[tuple[TaskResult, TaskResult]]  # (baseline, candidate) per task
     seconds: dict[str, float] = field(default_factory=dict)  # per part, for profiles and benchmarks
+    cached: list[str] = field(default_factory=list)  # baseline parts taken from the BaselineCache
 
 
 class _NoBar:
@@ -47,17 +49,28 @@ def _no_progress(_desc: str, _total: int) -> Any:
 
 
 def measure(baseline: Any, candidate: Any, seqs: Sequence[Sequence[int]], specs: Sequence[TaskSpec], *,
-            batched: bool = True, tf_batch: int = 4, progress: Progress | None = None) -> Measured:
-    """`baseline` and `candidate` are ReferenceRuntimes (score/score_batch, generate/generate_batch)."""
+            batched: bool = True, tf_batch: int = 4, progress: Progress | None = None,
+            cache: BaselineCache | None = None) -> Measured:
+    """`baseline` and `candidate` are ReferenceRuntimes (score/score_batch, generate/generate_batch).
+
+    With `cache` (batched only), the baseline's task results and teacher-forced lm_head inputs
+    come from earlier runs on the same source, windows and items, and are kept for later ones.
+    """
     from pipeline.backends.reference.runtime import SamplingParams
 
     progress = progress or _no_progress
     seconds: dict[str, float] = {}
+    hits: list[str] = []
     start = time.perf_counter()
     with progress("teacher-forced comparison", len(seqs)) as bar:
         if batched:
-            tf = teacher_forced.compare_batched(baseline.score_batch, candidate.score_batch, seqs,
+            scorer = cache.scorer(baseline, seqs) if cache is not None else None
+            tf = teacher_forced.compare_batched(scorer or baseline.score_batch, candidate.score_batch, seqs,
                                                 batch_size=tf_batch, progress=bar.advance)
+            if scorer is not None and scorer.hit:
+                hits.append("teacher-forced")
+            elif scorer is not None:
+                scorer.save()
         else:
             tf = teacher_forced.compare(baseline.score, candidate.score, seqs, progress=bar.advance)
     seconds["teacher-forced"] = time.perf_counter() - start
@@ -67,12 +80,20 @@ def measure(baseline: Any, candidate: Any, seqs: Sequence[Sequence[int]], specs:
             side = []
             for label, rt in (("baseline", baseline), ("candidate", candidate)):
                 start = time.perf_counter()
-                gen = _greedy_many(rt, SamplingParams) if batched else tasks.one_by_one(_greedy_one(rt, SamplingParams))
-                side.append(tasks.run_task(spec.name, spec.kind, spec.items, gen, limit=spec.limit))
+                kept = cache.task(spec) if cache is not None and batched and label == "baseline" else None
+                if kept is not None:
+                    hits.append(f"{spec.name} baseline")
+                    side.append(kept)
+                else:
+                    gen = (_greedy_many(rt, SamplingParams) if batched
+                           else tasks.one_by_one(_greedy_one(rt, SamplingParams)))
+                    side.append(tasks.run_task(spec.name, spec.kind, spec.items, gen, limit=spec.limit))
+                    if cache is not None and batched and label == "baseline":
+                        cache.put_task(spec, side[-1])
                 seconds[f"{spec.name} {label}"] = time.perf_counter() - start
                 bar.advance()
         pairs.append((side[0], side[1]))
-    return Measured(tf, pairs, seconds)
+    return Measured(tf, pairs, seconds, hits)
 
 
 def _greedy_one(rt: Any, params_cls: Any) -> tasks.Generate:

@@ -48,6 +48,7 @@ class AccuracyStage(Stage):
         from pipeline.backends.reference.runtime import ReferenceRuntime
         from pipeline.backends.reference.serve import load_runtime
         from pipeline.eval import gate, measure, tasks, textset
+        from pipeline.eval.baseline_cache import BaselineCache
 
         r = ctx.recipe
         cfg = r.gates.accuracy
@@ -66,13 +67,16 @@ class AccuracyStage(Stage):
                                    count=cfg.text_samples, length=cfg.text_seq_len)
             specs = [measure.TaskSpec(t.name, t.kind, tasks.load_items(t.data, ctx.loaded.path.parent), t.limit)
                      for t in cfg.tasks]
-            m = measure.measure(baseline, candidate, seqs, specs, tf_batch=TF_BATCH,
+            # the unquantized side depends only on the source and the items: kept across runs
+            cache = BaselineCache(ctx.artifacts / "cache" / "accuracy-baseline", ctx.inputs["fetch"].digest)
+            m = measure.measure(baseline, candidate, seqs, specs, tf_batch=TF_BATCH, cache=cache,
                                 progress=lambda desc, total: ctx.progress(desc, total=total))
         finally:
             baseline.stop()
             candidate.stop()
         tf, pairs = m.teacher_forced, m.tasks
-        ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items()))
+        ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items())
+                          + (f"; baseline from cache: {', '.join(m.cached)}" if m.cached else ""))
         refs_path = Path(cfg.references)
         key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
         # judged against the file as it is now; values recorded below apply from the next run on
