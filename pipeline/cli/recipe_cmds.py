@@ -126,15 +126,20 @@ def _plan_changes(ref: str, fmt: str, recipes_dir: Path, json_mode: bool) -> Non
 @click.option("--local", "use_local", is_flag=True,
               help="Start (or reuse) `trtbuild local up` services (SeaweedFS, MLflow, tritonserver) and "
                    "run against them: their environment overrides the store, registry and Triton settings.")
+@click.option("--record-references", is_flag=True,
+              help="Measure the accuracy gate again and write its baseline task scores into the references "
+                   "YAML under model/quant/kv (old -> new printed); they apply from the next run.")
 @ARTIFACTS
 @common
 def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, use_local: bool,
-        artifacts: Path, json_mode: bool) -> None:
+        record_references: bool, artifacts: Path, json_mode: bool) -> None:
     """Run the pipeline: fetch, quantize, build, accuracy, throughput, release, publish."""
     from pipeline.cli import finale
+    from pipeline.errors import UsageError
     from pipeline.recipe.load import load_recipe
     from pipeline.runner.events import ConsoleReporter
     from pipeline.runner.runner import Runner
+    from pipeline.runner.stage import STAGE_ORDER
 
     out = Output(json_mode=json_mode)
     load_recipe(recipe)  # bad recipes fail before any service starts
@@ -142,8 +147,19 @@ def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, us
     loaded = load_recipe(recipe)
     if env_file is not None:
         _check_local_repository(loaded, recipe)
+    if record_references:
+        acc = loaded.recipe.gates.accuracy
+        if not acc.enabled or not acc.tasks:
+            raise UsageError(f"--record-references: {recipe} has no accuracy tasks to record "
+                             "(gates.accuracy.enabled / gates.accuracy.tasks); add tasks or drop the option")
+        at = STAGE_ORDER.index("accuracy")
+        if until in STAGE_ORDER and STAGE_ORDER.index(until) < at:
+            raise UsageError(f"--record-references needs the accuracy stage; --until {until} stops before it")
+        if from_stage in STAGE_ORDER and STAGE_ORDER.index(from_stage) > at:
+            raise UsageError(f"--record-references needs the accuracy stage; --from {from_stage} starts after it")
     reporter = ConsoleReporter(json_mode=json_mode, console=out.err)
-    runner = Runner(loaded, artifacts=artifacts, reporter=reporter)
+    runner = Runner(loaded, artifacts=artifacts, reporter=reporter,
+                    options={"record_references": record_references})
     out.human(f"[bold]trtbuild run[/] {recipe} ({loaded.recipe.name})")
     record = None
     try:

@@ -7,13 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.eval import references
+from pipeline.eval.references import reference_key  # noqa: F401 - the gate's public name
 from pipeline.eval.stats import mcnemar_exact, minimum_detectable_effect, paired_bootstrap, trtllm_threshold
 from pipeline.eval.tasks import TaskResult
 from pipeline.eval.teacher_forced import TeacherForced
 from pipeline.recipe.schema import AccuracyGate
-from pipeline.util import atomic
 
 
 @dataclass
@@ -58,25 +57,12 @@ class AccuracyReport:
                           *[f"- {n}" for n in self.notes], ""])
 
 
-def reference_key(model: str, algo: str, kv: str) -> str:
-    return f"{model}/{algo}/{kv}"
-
-
 def load_references(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    return dict(data)
-
-
-def record_references(path: Path, key: str, scores: dict[str, float], n: dict[str, int]) -> None:
-    data = load_references(path)
-    data[key] = {name: {"accuracy": round(v, 3), "n": n[name]} for name, v in scores.items()}
-    atomic.write_text(path, yaml.safe_dump(data, sort_keys=True))
+    return references.load(path)
 
 
 def decide(cfg: AccuracyGate, tf: TeacherForced | None, tasks: list[tuple[TaskResult, TaskResult]],
-           references: dict[str, Any] | None = None, ref_key: str = "") -> AccuracyReport:
+           refs: dict[str, Any] | None = None, ref_key: str = "") -> AccuracyReport:
     rep = AccuracyReport()
     if tf is not None:
         boot = paired_bootstrap(tf.nll_diff_per_seq, tolerance=math.log(cfg.max_ppl_ratio), alpha=cfg.alpha)
@@ -104,11 +90,13 @@ def decide(cfg: AccuracyGate, tf: TeacherForced | None, tasks: list[tuple[TaskRe
                           "candidate": cand.accuracy, "mcnemar": asdict(m), "mde_points": mde})
         rep.notes.append(f"{cand.name}: with n={cand.n} the unpaired test detects a drop of {mde:.1f} points "
                          f"(alpha {cfg.alpha}, power {1 - cfg.beta:.0%}); the paired test is more sensitive")
-        ref = (references or {}).get(ref_key, {}).get(cand.name)
+        ref = (refs or {}).get(ref_key, {}).get(cand.name)
         if ref is not None:
-            thr = trtllm_threshold(float(ref["accuracy"]), n=cand.n, sigma=cfg.sigma, alpha=cfg.alpha)
+            sigma = float(ref.get("sigma", cfg.sigma))
+            thr = trtllm_threshold(float(ref["accuracy"]), n=cand.n, sigma=sigma, alpha=cfg.alpha)
             rep.checks.append(Check(f"{cand.name} vs reference", cand.accuracy, thr, ">=", cand.accuracy >= thr,
-                                    f"reference {ref['accuracy']} for {ref_key}; TensorRT-LLM rule"))
-    if references is not None and ref_key and ref_key not in references:
+                                    f"reference {ref['accuracy']} for {ref_key} (sigma {sigma:g}); TensorRT-LLM "
+                                    "rule"))
+    if refs is not None and ref_key and ref_key not in refs:
         rep.notes.append(f"no reference scores for {ref_key}; record them with `trtbuild run --record-references`")
     return rep

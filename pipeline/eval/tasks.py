@@ -17,7 +17,8 @@ from pipeline.errors import StageError
 
 DATA = Path(__file__).parent / "data"
 LETTERS = "ABCD"
-Generate = Callable[[str, int], str]
+Generate = Callable[[str, int], str]  # prompt, max_tokens -> greedy text
+GenerateMany = Callable[[list[str], int], list[str]]  # the same for many prompts, in order
 
 
 @dataclass
@@ -63,24 +64,37 @@ def _em_prompt(item: dict[str, Any], shots: list[dict[str, Any]]) -> str:
     return "\n".join([*(f"{s['prompt']} {s['answer']}" for s in shots), item["prompt"]])
 
 
-def run_task(name: str, kind: str, items: list[dict[str, Any]], generate: Generate, *, shots: int = 2,
+def one_by_one(generate: Generate) -> GenerateMany:
+    def many(prompts: list[str], n: int) -> list[str]:
+        return [generate(p, n) for p in prompts]
+
+    return many
+
+
+def run_task(name: str, kind: str, items: list[dict[str, Any]], generate: GenerateMany, *, shots: int = 2,
              limit: int | None = None) -> TaskResult:
-    """Score items after the first `shots` (which serve as the few-shot examples)."""
+    """Score items after the first `shots` (which serve as the few-shot examples).
+
+    Every prompt goes to `generate` in one call, so a batching runtime can share forwards.
+    """
     examples, evaluated = items[:shots], items[shots:]
     if limit is not None:
         evaluated = evaluated[:limit]
+    if kind == "multiple-choice":
+        outs = generate([_mc_prompt(it, examples) for it in evaluated], 3)
+    elif kind == "exact-match":
+        outs = generate([_em_prompt(it, examples) for it in evaluated], 8)
+    else:
+        raise StageError("accuracy", f"task kind '{kind}' needs lm-eval-harness on a GPU host with network")
+    if len(outs) != len(evaluated):
+        raise StageError("accuracy", f"task {name}: {len(outs)} answers for {len(evaluated)} prompts")
     correct: list[bool] = []
     answers: list[str] = []
-    for it in evaluated:
+    for it, out in zip(evaluated, outs, strict=True):
         if kind == "multiple-choice":
-            out = generate(_mc_prompt(it, examples), 3)
             got = next((ch for ch in out.strip()[:3] if ch in LETTERS), "")
-            correct.append(got == it["answer"])
-        elif kind == "exact-match":
-            out = generate(_em_prompt(it, examples), 8)
-            got = out.strip().split("\n")[0].strip()
-            correct.append(got == it["answer"])
         else:
-            raise StageError("accuracy", f"task kind '{kind}' needs lm-eval-harness on a GPU host with network")
+            got = out.strip().split("\n")[0].strip()
+        correct.append(got == it["answer"])
         answers.append(got)
     return TaskResult(name, kind, len(evaluated), correct, answers)

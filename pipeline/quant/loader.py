@@ -10,7 +10,10 @@ without its quantization_config. Formats it does not understand are refused.
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ import torch
 from pipeline.errors import QuantizeError
 
 E2M1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.float32)
+# every float8_e4m3fn code (0..255) as float32
+E4M3_VALUES = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
 SUPPORTED = {None, "FP8", "NVFP4"}
 SUPPORTED_KV = {None, "FP8", "NVFP4"}
 # tensors that calibrate activations or the KV cache: meaningful to an engine, not to weights
@@ -55,7 +60,48 @@ def kv_scales(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def fp8_fake_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return ((x.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
+    """((x / scale).clamp(-448, 448) -> e4m3 -> * scale), 2-3x faster than the one-expression form.
+
+    Same arithmetic, same bits as the one-expression form; it runs before every Linear, and on
+    the CPU that form's temporaries and its fp8 -> fp32 cast cost about as much as the matmuls.
+    """
+    y = x.float() / scale  # a new tensor, so the in-place steps below never write into x
+    y.clamp_(-448.0, 448.0)
+    # e4m3 -> fp32 through the table of all 256 codes: the values of .float(), which is a slow
+    # scalar cast on the CPU; int32 indices keep the gather's memory traffic small
+    codes = y.to(torch.float8_e4m3fn).view(torch.uint8).int()
+    y = torch.index_select(E4M3_VALUES, 0, codes.reshape(-1)).view(y.shape)
+    y.mul_(scale)
+    return y.to(x.dtype)
+
+
+class _SharedInput(threading.local):
+    """Quantize a tensor once for the sibling Linears that read it with the same scale.
+
+    q/k/v_proj (and gate/up_proj) get the very same input tensor, and ModelOpt exports one
+    input_scale for such a fused group, so the three fake-quant results are identical: compute
+    it once per forward. The memo holds a reference to the last input, so `is` cannot confuse
+    it with a new tensor at a reused address; HF decoder layers never modify that input in place
+    between the sibling projections. Thread-local: two threads may run forwards on one model.
+    """
+
+    def __init__(self) -> None:
+        self.src: torch.Tensor | None = None
+        self.key: tuple[Any, ...] | None = None
+        self.out: torch.Tensor | None = None
+
+    def get(self, x: torch.Tensor, key: tuple[Any, ...], quant: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if x is self.src and key == self.key and self.out is not None:
+            return self.out
+        self.src, self.key, self.out = x, key, quant()
+        return self.out
+
+
+def _input_hook(shared: _SharedInput, key: tuple[Any, ...], quant: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    def pre(_m: Any, a: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (shared.get(a[0], key, lambda: quant(a[0])), *a[1:])
+
+    return pre
 
 
 def emulate_activations(model: Any, algo: str | None, kv: str | None, inputs: dict[str, torch.Tensor],
@@ -69,14 +115,16 @@ def emulate_activations(model: Any, algo: str | None, kv: str | None, inputs: di
     from pipeline.quant.nvfp4_emu import nvfp4_fake_quant
 
     hooks = 0
+    shared = _SharedInput()
     for name, module in model.named_modules():
         scale = inputs.get(name)
         if scale is not None and algo in ("FP8", "NVFP4"):
+            key = (algo, *scale.flatten().tolist())
             if algo == "FP8":
-                module.register_forward_pre_hook(lambda _m, a, s=scale: (fp8_fake_quant(a[0], s), *a[1:]))
+                quant = functools.partial(fp8_fake_quant, scale=scale)
             else:
-                amax = scale * 6.0 * 448.0
-                module.register_forward_pre_hook(lambda _m, a, am=amax: (nvfp4_fake_quant(a[0], am), *a[1:]))
+                quant = functools.partial(nvfp4_fake_quant, amax=scale * 6.0 * 448.0)
+            module.register_forward_pre_hook(_input_hook(shared, key, quant))
             hooks += 1
         kvs = kv_out.get(name)
         if kvs is not None and kv == "FP8":

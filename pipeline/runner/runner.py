@@ -47,8 +47,10 @@ def default_stages() -> list[Stage]:
 
 class Runner:
     def __init__(self, loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"),
-                 stages: Sequence[Stage] | None = None, reporter: Reporter | None = None) -> None:
+                 stages: Sequence[Stage] | None = None, reporter: Reporter | None = None,
+                 options: dict[str, Any] | None = None) -> None:
         self.loaded = loaded
+        self.options = dict(options or {})  # handed to every stage in its StageContext
         self.artifacts = artifacts.resolve()  # outputs are recorded as absolute paths
         self.stages = list(stages) if stages is not None else default_stages()
         self.reporter: Reporter = reporter or NullReporter()
@@ -187,7 +189,7 @@ class Runner:
     def _context(self, stage: Stage, results: dict[str, StageResult | None], workdir: Path) -> StageContext:
         inputs = {d: r for d in stage.inputs if (r := results.get(d)) is not None}
         return StageContext(loaded=self.loaded, workdir=workdir, inputs=inputs,
-                            artifacts=self.artifacts, reporter=self.reporter)
+                            artifacts=self.artifacts, reporter=self.reporter, options=dict(self.options))
 
     def _execute(self, stage: Stage, rec: StageRecord, comp: dict[str, Any], fp: str,
                  results: dict[str, StageResult | None], why: str, *, replace: bool = False) -> StageResult:

@@ -65,6 +65,9 @@ class StageContext:
     inputs: dict[str, StageResult]  # finished upstream stages by name
     artifacts: Path
     reporter: Reporter
+    # run-time options of this invocation (e.g. record_references); never part of a fingerprint:
+    # they ask for side effects, not for different outputs
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def recipe(self) -> Any:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import NotImplementedStageError
+from pipeline.eval import references
 from pipeline.recipe.load import LoadedRecipe
-from pipeline.runner.stage import Stage, StageContext, StageOutput
+from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
 from pipeline.util import atomic
+
+# teacher-forced windows per forward: all windows have one length, so rows need no padding and
+# score exactly as alone; 4 keeps the [4, len, vocab] log-prob tensors of both models near 1 GB
+# for a 49k vocabulary at 256 tokens
+TF_BATCH = 4
 
 
 class AccuracyStage(Stage):
@@ -25,13 +30,25 @@ class AccuracyStage(Stage):
     def enabled(self, loaded: LoadedRecipe) -> bool:
         return loaded.recipe.gates.accuracy.enabled
 
+    def external_digests(self, loaded: LoadedRecipe, artifacts: Path) -> dict[str, str]:
+        # the verdict depends on this recipe's reference entry: a recorded or edited one re-runs the gate
+        r = loaded.recipe
+        key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
+        return {"references": references.entry_digest(Path(r.gates.accuracy.references), key)}
+
+    def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
+        if ctx.options.get("record_references"):
+            return "--record-references measures the baseline again"
+        return None
+
     def run(self, ctx: StageContext) -> StageOutput:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pipeline.backends.reference.runtime import ReferenceRuntime, SamplingParams
+        from pipeline.backends.reference.runtime import ReferenceRuntime
         from pipeline.backends.reference.serve import load_runtime
-        from pipeline.eval import gate, tasks, teacher_forced, textset
+        from pipeline.eval import gate, measure, tasks, textset
+        from pipeline.eval.baseline_cache import BaselineCache
 
         r = ctx.recipe
         cfg = r.gates.accuracy
@@ -48,21 +65,24 @@ class AccuracyStage(Stage):
         try:
             seqs = textset.windows(tok, textset.load_text(cfg.text_set, ctx.loaded.path.parent),
                                    count=cfg.text_samples, length=cfg.text_seq_len)
-            with ctx.progress("teacher-forced comparison", total=len(seqs)) as bar:
-                tf = teacher_forced.compare(baseline.score, candidate.score, seqs, progress=bar.advance)
-            pairs = []
-            for t in cfg.tasks:
-                items = tasks.load_items(t.data, ctx.loaded.path.parent)
-                with ctx.progress(f"task {t.name}", total=2):
-                    b = tasks.run_task(t.name, t.kind, items, _greedy(baseline, SamplingParams), limit=t.limit)
-                    c = tasks.run_task(t.name, t.kind, items, _greedy(candidate, SamplingParams), limit=t.limit)
-                pairs.append((b, c))
+            specs = [measure.TaskSpec(t.name, t.kind, tasks.load_items(t.data, ctx.loaded.path.parent), t.limit)
+                     for t in cfg.tasks]
+            # the unquantized side depends only on the source and the items: kept across runs
+            cache = BaselineCache(ctx.artifacts / "cache" / "accuracy-baseline", ctx.inputs["fetch"].digest)
+            m = measure.measure(baseline, candidate, seqs, specs, tf_batch=TF_BATCH, cache=cache,
+                                progress=lambda desc, total: ctx.progress(desc, total=total))
         finally:
             baseline.stop()
             candidate.stop()
+        tf, pairs = m.teacher_forced, m.tasks
+        ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items())
+                          + (f"; baseline from cache: {', '.join(m.cached)}" if m.cached else ""))
         refs_path = Path(cfg.references)
-        key = gate.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
-        report = gate.decide(cfg, tf, pairs, gate.load_references(refs_path), key)
+        key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
+        # judged against the file as it is now; values recorded below apply from the next run on
+        report = gate.decide(cfg, tf, pairs, references.load(refs_path), key)
+        if ctx.options.get("record_references"):
+            _record(ctx, refs_path, key, pairs, report)
         atomic.write_text(ctx.workdir / "accuracy.json", json.dumps(report.to_json(), indent=2, sort_keys=True))
         atomic.write_text(ctx.workdir / "accuracy.md", report.markdown())
         ctx.reporter.info(report.markdown())
@@ -73,10 +93,18 @@ class AccuracyStage(Stage):
                            passed=report.passed)
 
 
-def _greedy(rt: Any, params_cls: Any) -> Callable[[str, int], str]:
-    def gen(prompt: str, n: int) -> str:
-        return str(rt.generate(prompt, params_cls(max_tokens=n)).text)
+def _record(ctx: StageContext, path: Path, key: str, pairs: list[Any], report: Any) -> None:
+    """Write the baseline's task scores as the references for `key`, and say what changed."""
+    import datetime
 
-    return gen
+    from pipeline.stages.build import git_commit
 
-
+    sigma = ctx.recipe.gates.accuracy.sigma
+    scores = {b.name: {"accuracy": b.accuracy, "n": b.n, "sigma": sigma} for b, _c in pairs}
+    lines = references.record(path, key, scores, date=datetime.datetime.now(datetime.UTC).date().isoformat(),
+                              commit=git_commit(ctx.loaded.path.parent))
+    for line in lines:
+        ctx.reporter.info(f"references {path}: {line}")
+    report.notes.append(f"recorded baseline scores as references for {key} in {path} ({'; '.join(lines)}); "
+                        "this run was judged against the file as it was before, the new values apply from the "
+                        "next run")

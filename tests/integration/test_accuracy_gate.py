@@ -83,8 +83,8 @@ def test_task_drop_caught_by_mcnemar() -> None:
     def broken(p: str, n: int) -> str:
         return "nothing\n"
 
-    b = tasks.run_task("copy", "exact-match", items, good)
-    c = tasks.run_task("copy", "exact-match", items, broken)
+    b = tasks.run_task("copy", "exact-match", items, tasks.one_by_one(good))
+    c = tasks.run_task("copy", "exact-match", items, tasks.one_by_one(broken))
     assert b.accuracy == 100.0 and c.accuracy == 0.0
     rep = gate.decide(FP8_LEVEL, None, [(b, c)])
     assert not rep.passed and "McNemar" in rep.failed[0]

@@ -101,9 +101,10 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Python lists are", 
 def test_eight_concurrent_prompts_equal_eight_single_runs(built: dict[str, Any]) -> None:
     """The serving configuration (dequantized weights, full-precision activations) is batch-invariant.
 
-    With FP8 activation emulation it is not: rounding at FP8 bin edges turns the last-bit
-    differences of batched GEMMs into different tokens (measured: 57 of 96 tokens equal), which
-    is why serving does not emulate activations and the accuracy gate scores one sequence at a time.
+    With FP8 activation emulation and prompts of different lengths it is not: left padding changes
+    the last bits of the other rows' sums and FP8 rounding at bin edges turns that into different
+    tokens (measured: 57 of 96 tokens equal). That is why serving does not emulate activations and
+    the accuracy gate batches only prompts of one length, unpadded (same bits as one at a time).
     """
     from pipeline.backends.reference.runtime import SamplingParams
     from pipeline.backends.reference.serve import load_runtime

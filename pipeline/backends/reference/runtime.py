@@ -84,6 +84,7 @@ class ReferenceRuntime:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._exec_lock = threading.Lock()  # one batch at a time through the model
         self.batches = 0  # how many batches ran (tests check that concurrent requests share one)
 
     # ------------------------------------------------------------------ public API
@@ -133,6 +134,48 @@ class ReferenceRuntime:
         logits = self.model(input_ids=x).logits[0, :-1].to(torch.float32)
         return torch.log_softmax(logits, dim=-1)
 
+    @torch.inference_mode()
+    def score_batch(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`score` for several sequences of one length in one forward: [len(seqs), len-1, vocab].
+
+        Equal lengths only: rows then need no padding or mask, and each row's result has the same
+        bits as `score` of that row alone (padding changes float rounding, see generate_batch).
+        """
+        if len({len(s) for s in seqs}) != 1:
+            raise ValueError("score_batch needs one or more sequences of one length")
+        x = torch.tensor([list(s) for s in seqs])
+        logits = self.model(input_ids=x).logits[:, :-1].to(torch.float32)
+        return torch.log_softmax(logits, dim=-1)
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]],
+                       params: SamplingParams | None = None) -> list[Generation]:
+        """Generate for many prompts at once, in order; for offline evaluation (the accuracy gate).
+
+        Prompts of one token length share a batch (up to max_batch_size), so no row is padded:
+        left padding and its attention mask change float rounding in the other rows' sums, and
+        with FP8 activation emulation such a difference can cross a rounding edge and change a
+        greedy token. Unpadded rows give the same tokens as one request at a time. Each row stops
+        on its own (EOS, stop, max_tokens), as in serving.
+        """
+        params = params or SamplingParams()
+        ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        for i in ids:
+            if not i or len(i) + params.max_tokens > self.max_seq_len:
+                raise ValueError(f"prompt of {len(i)} tokens + max_tokens {params.max_tokens}: empty or over "
+                                 f"max_seq_len {self.max_seq_len}")
+        reqs = [_Request(i, params, None, Future()) for i in ids]
+        for r in reqs:
+            if params.seed is not None:
+                r.generator = torch.Generator().manual_seed(params.seed)
+        by_len: dict[int, list[_Request]] = {}
+        for r in reqs:
+            by_len.setdefault(len(r.prompt_ids), []).append(r)
+        for group in by_len.values():
+            for k in range(0, len(group), self.max_batch_size):
+                with self._exec_lock:  # the scheduler thread may be serving submit()ted work
+                    self._run_batch(group[k:k + self.max_batch_size])
+        return [r.future.result() for r in reqs]
+
     # ------------------------------------------------------------------ scheduler
     def _loop(self) -> None:
         while True:
@@ -150,7 +193,8 @@ class ReferenceRuntime:
                     break
                 batch.append(nxt)
             try:
-                self._run_batch(batch)
+                with self._exec_lock:
+                    self._run_batch(batch)
             except Exception as e:  # a failed batch fails its requests, never the server
                 for r in batch:
                     if not r.future.done():

@@ -15,8 +15,9 @@ def load_runtime(bundle_dir: Path, *, verify: bool = True, activations: bool = F
     """Serve a reference bundle.
 
     `activations` fake-quantizes Linear inputs and K/V as an engine does (see quant.loader). The
-    accuracy gate turns it on and scores one sequence at a time; serving leaves it off because
-    FP8 rounding at bin edges makes batched outputs differ from single runs. `pacing` holds the
+    accuracy gate turns it on and batches only sequences of one length (unpadded rows give the
+    same bits as single runs); serving leaves it off because with left padding FP8 rounding at bin
+    edges makes batched outputs differ from single runs. `pacing` holds the
     test-only hooks (pacing.py).
     """
     import torch
