@@ -149,13 +149,18 @@ def mlflow_http(seaweed_s3: S3Service, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def s3_env(seaweed_s3: S3Service, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Service:
     """The process environment of an S3 client of the session's SeaweedFS (and nothing else)."""
+    return use_s3_env(seaweed_s3, monkeypatch, tmp_path)
+
+
+def use_s3_env(svc: S3Service, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Service:
+    """Point this process's AWS environment at `svc` only (no profile, config or other endpoint)."""
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for k, v in seaweed_s3.env().items():
+    for k, v in svc.env().items():
         monkeypatch.setenv(k, v)
-    return seaweed_s3
+    return svc
 
 
 @pytest.fixture

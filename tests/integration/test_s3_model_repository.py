@@ -18,7 +18,7 @@ from pipeline.triton.client import LLMClient
 from pipeline.triton.control import ModelControl
 from pipeline.triton.s3_repository import S3ModelRepository
 from pipeline.triton.server import TritonServer
-from tests.integration.services_fixtures import BUCKET, S3Service, s3_env, s3_uri, seaweed_s3
+from tests.integration.services_fixtures import BUCKET, S3Service, s3_env, s3_uri, seaweed_s3, use_s3_env
 from tests.integration.test_gitops_sync import REGISTERED, released
 from tests.integration.test_publish_triton import MODEL, Load, collapse
 from tests.integration.triton_fixtures import start_triton, triton_install, write_echo_model
@@ -57,13 +57,7 @@ def fresh_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Serv
     access, secret = credentials(root)
     rec = seaweed.start_seaweed(root, access_key=access, secret_key=secret, timeout=60)
     seaweed.ensure_buckets(rec["endpoint"], access, secret, [BUCKET])
-    svc = S3Service(root, rec["endpoint"], access, secret, rec)
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for k, v in svc.env().items():
-        monkeypatch.setenv(k, v)
+    svc = use_s3_env(S3Service(root, rec["endpoint"], access, secret, rec), monkeypatch, tmp_path)
     try:
         yield svc
     finally:
