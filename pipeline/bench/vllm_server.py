@@ -18,7 +18,7 @@ import requests
 
 from pipeline.errors import ServiceError
 from pipeline.util.net import free_port, wait_until
-from pipeline.util.proc import stop_process_group
+from pipeline.util.proc import log_tail, stop_process_group
 
 
 @dataclass
@@ -59,7 +59,7 @@ class VllmServer(AbstractContextManager["VllmServer"]):
                        alive=lambda: self.proc is not None and self.proc.poll() is None)
         except TimeoutError as e:
             self.stop()
-            raise ServiceError(f"{e}; last log lines: {_tail(self.log)} (log: {self.log})") from None
+            raise ServiceError(f"{e}; last log lines: {log_tail(self.log)} (log: {self.log})") from None
         return self
 
     def _ready(self) -> bool:
@@ -78,10 +78,3 @@ class VllmServer(AbstractContextManager["VllmServer"]):
                  tb: TracebackType | None) -> None:
         self.stop()
 
-
-def _tail(log: Path, n: int = 3) -> str:
-    try:
-        lines = log.read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    return " | ".join(lines[-n:])

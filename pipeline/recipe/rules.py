@@ -69,6 +69,7 @@ def check(recipe: Recipe) -> list[Problem]:
         problems.append((("gates", "throughput", "baseline", "protocol"),
                          "a started vLLM baseline speaks openai; protocol triton is for kind 'endpoint'"))
 
+    problems += _accuracy_rules(recipe)
     names = [w.name for w in recipe.gates.throughput.workloads]
     if len(set(names)) != len(names):
         problems.append((("gates", "throughput", "workloads"), "workload names must be unique"))
@@ -89,4 +90,47 @@ def check(recipe: Recipe) -> list[Problem]:
         if w.kind == "shared-prefix" and w.prefix_len >= w.input_len:
             problems.append((("gates", "throughput", "workloads", i, "prefix_len"),
                              "prefix_len must be smaller than input_len"))
+    return problems
+
+
+def _accuracy_rules(recipe: Recipe) -> list[Problem]:
+    acc = recipe.gates.accuracy
+    if not acc.enabled:
+        return []
+    problems: list[Problem] = []
+    reference = recipe.build.backend == "reference"
+    at = ("gates", "accuracy")
+    if acc.teacher_forced is True and not reference:
+        problems.append(((*at, "teacher_forced"),
+                         f"teacher-forced metrics run in-process on the reference backend; for backend "
+                         f"'{recipe.build.backend}' leave teacher_forced unset or false and gate on lm-eval tasks"))
+    for i, t in enumerate(acc.tasks):
+        if t.kind != "lm-eval":
+            if not reference:
+                shipped = {"multiple-choice": "trtbuild_mc_facts", "exact-match": "trtbuild_copy"}[t.kind]
+                problems.append(((*at, "tasks", i, "kind"),
+                                 f"kind '{t.kind}' runs in-process on the reference backend; on backend "
+                                 f"'{recipe.build.backend}' use kind lm-eval (the shipped sets are lm-eval "
+                                 f"tasks too, e.g. data: {shipped})"))
+            for key in ("filter", "num_fewshot"):
+                if getattr(t, key) is not None:
+                    problems.append(((*at, "tasks", i, key), f"'{key}' applies to kind lm-eval only"))
+    if not any(t.kind == "lm-eval" for t in acc.tasks):
+        return problems
+    for side in ("candidate", "baseline"):
+        srv = getattr(acc.lm_eval, side)
+        where = (*at, "lm_eval", side)
+        if srv.kind == "endpoint" and not (srv.url and srv.model):
+            problems.append(((*where, "url" if not srv.url else "model"),
+                             "kind 'endpoint' needs url and model (the served model name)"))
+        if srv.kind == "reference" and not reference:
+            problems.append(((*where, "kind"), f"the reference server runs on the CPU; backend "
+                             f"'{recipe.build.backend}' uses trtllm-serve, vllm or endpoint"))
+    if acc.lm_eval.candidate.kind == "vllm":
+        problems.append(((*at, "lm_eval", "candidate", "kind"),
+                         "the candidate is the built bundle, which vLLM does not serve; use auto, "
+                         "trtllm-serve or endpoint"))
+    if acc.lm_eval.candidate.kind == "trtllm-serve" and reference:
+        problems.append(((*at, "lm_eval", "candidate", "kind"),
+                         "a reference bundle is served by the reference server (kind auto or reference)"))
     return problems

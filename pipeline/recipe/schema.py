@@ -192,12 +192,47 @@ class McTask(Strict):
     name: str = Field(description="Task name in reports.")
     kind: Literal["multiple-choice", "exact-match", "lm-eval"] = Field(description="How items are scored.")
     data: str = Field(
-        description="'builtin:<name>' (shipped offline set), a local .jsonl path, or an lm-eval task name.")
-    limit: Positive | None = Field(None, description="Use at most this many items.")
+        description="'builtin:<name>' (shipped offline set), a local .jsonl path, or an lm-eval task or group "
+        "name (e.g. mmlu, gsm8k, trtbuild_mc_facts).")
+    limit: Positive | None = Field(None, description="Use at most this many items (per subtask for lm-eval groups).")
+    metric: str = Field("acc", description="lm-eval only: the per-sample 0/1 metric to pair (acc, exact_match, ...).")
+    filter: str | None = Field(None, description="lm-eval only: the filter whose outcomes count (e.g. strict-match "
+                               "for gsm8k); default the task's only filter.")
+    num_fewshot: int | None = Field(None, ge=0, description="lm-eval only: few-shot examples (default: the task's).")
+
+
+class LmEvalServer(Strict):
+    kind: Literal["auto", "reference", "vllm", "trtllm-serve", "endpoint"] = Field(
+        "auto", description="Who serves this side over OpenAI completions: auto (reference backend -> trtbuild's "
+        "reference server; otherwise trtllm-serve for the candidate and vLLM for the baseline), or an existing "
+        "endpoint.")
+    url: str | None = Field(None, description="Base URL (http://host:port) for kind=endpoint.")
+    model: str | None = Field(None, description="Served model name at kind=endpoint.")
+    python: str | None = Field(None, description="Interpreter for kind=vllm (default: the throughput baseline's).")
+    command: list[str] = Field(default_factory=lambda: ["trtllm-serve"],
+        description="argv prefix for kind=trtllm-serve, e.g. [docker, run, ..., IMAGE, trtllm-serve].")
+    extra_args: list[str] = Field(default_factory=list, description="Extra server arguments.")
+    start_timeout_s: Positive = Field(900, description="Give up if the server is not ready after this many seconds.")
+
+
+class LmEvalOptions(Strict):
+    python: str | None = Field(None, description="Interpreter with lm-eval[api] installed (default: trtbuild's).")
+    include_path: str | None = Field(None, description="Directory of extra lm-eval task YAMLs (default: the "
+                                     "shipped trtbuild_mc_facts and trtbuild_copy); the harness runs with it as cwd.")
+    num_concurrent: Positive = Field(4, description="Concurrent requests lm-eval sends to each endpoint.")
+    batch_size: Positive = Field(1, description="Prompts per HTTP request.")
+    request_timeout_s: Positive = Field(300, description="Per-request timeout.")
+    run_timeout_s: Positive = Field(7200, description="Give up on one lm-eval invocation after this many seconds.")
+    candidate: LmEvalServer = Field(default_factory=LmEvalServer, description="The candidate's endpoint.")
+    baseline: LmEvalServer = Field(default_factory=LmEvalServer, description="The unquantized source's endpoint.")
+    extra_args: list[str] = Field(default_factory=list, description="Extra lm-eval arguments.")
 
 
 class AccuracyGate(Strict):
     enabled: bool = Field(True, description="Run this gate.")
+    teacher_forced: bool | None = Field(None, description="Compare teacher-forced logprobs (perplexity ratio, "
+        "top-1 agreement, KL), in-process; only the reference backend can. Default: on for it, off otherwise (the "
+        "report says so).")
     text_set: str = Field("builtin:pydoc",
         description="Text for teacher-forced metrics (same forms as calibration.dataset).")
     text_samples: Positive = Field(64, description="Sequences for teacher-forced metrics.")
@@ -211,6 +246,8 @@ class AccuracyGate(Strict):
     beta: float = Field(0.2, gt=0, lt=0.5, description="Miss rate used to state the minimum detectable effect.")
     sigma: float = Field(50.0, gt=0, description="Per-item score std dev for 0-100 scores (TensorRT-LLM's rule).")
     max_accuracy_drop: float = Field(2.0, ge=0, description="Largest allowed task accuracy drop, in points (0-100).")
+    lm_eval: LmEvalOptions = Field(default_factory=LmEvalOptions,
+        description="How lm-eval tasks run: the harness's local-completions model against both endpoints.")
     references: str = Field(
         "pipeline/eval/references.yaml",
         description="YAML of reference scores keyed by model + quant_algo + kv_cache_quant_algo.",

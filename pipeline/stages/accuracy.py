@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError
+from pipeline.errors import NotImplementedStageError, StageError
 from pipeline.eval import references
-from pipeline.recipe.load import LoadedRecipe
+from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
 from pipeline.util import atomic
@@ -22,7 +24,7 @@ TF_BATCH = 4
 class AccuracyStage(Stage):
     name = "accuracy"
     inputs = ("fetch", "build")
-    code_version = 1
+    code_version = 2
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.gates.accuracy, exclude={"enabled"})
@@ -42,19 +44,52 @@ class AccuracyStage(Stage):
         return None
 
     def run(self, ctx: StageContext) -> StageOutput:
+        from pipeline.eval import gate
+
+        r = ctx.recipe
+        cfg = r.gates.accuracy
+        in_process = [t for t in cfg.tasks if t.kind != "lm-eval"]
+        harness = [t for t in cfg.tasks if t.kind == "lm-eval"]
+        # unset: measured exactly where it can be (in-process, reference backend)
+        teacher = cfg.teacher_forced if cfg.teacher_forced is not None else r.build.backend == "reference"
+        if (teacher or in_process) and r.build.backend != "reference":
+            # also a recipe rule; kept for recipes built in code
+            raise NotImplementedStageError("accuracy", f"teacher-forced metrics and builtin tasks run in-process on "
+                                           f"the reference backend, not '{r.build.backend}'; set teacher_forced: "
+                                           "false and use lm-eval tasks")
+        tf, pairs = self._in_process(ctx, in_process, teacher) if (teacher or in_process) else (None, [])
+        if harness:
+            pairs += _lm_eval_pairs(ctx, harness)
+        refs_path = Path(cfg.references)
+        key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
+        # judged against the file as it is now; values recorded below apply from the next run on
+        report = gate.decide(cfg, tf, pairs, references.load(refs_path), key)
+        if not teacher:
+            report.notes.append(f"teacher-forced metrics (perplexity ratio, top-1 agreement, KL) not measured: they "
+                                f"run in-process on the reference backend, this build is {r.build.backend}")
+        if ctx.options.get("record_references"):
+            _record(ctx, refs_path, key, pairs, report)
+        atomic.write_text(ctx.workdir / "accuracy.json", json.dumps(report.to_json(), indent=2, sort_keys=True))
+        atomic.write_text(ctx.workdir / "accuracy.md", report.markdown())
+        ctx.reporter.info(report.markdown())
+        metrics: dict[str, Any] = {} if tf is None else {
+            "ppl_ratio": tf.ppl_ratio, "top1_agreement": tf.top1_agreement, "mean_kl": tf.mean_kl}
+        metrics |= {f"{t['name']}_accuracy": t["candidate"] for t in report.tasks}
+        return StageOutput(outputs={"report": "accuracy.json", "markdown": "accuracy.md"},
+                           summary={"failed": report.failed, "metrics": metrics}, passed=report.passed)
+
+    def _in_process(self, ctx: StageContext, task_cfgs: list[Any], teacher: bool) -> tuple[Any, list[Any]]:
+        """Teacher-forced metrics and the builtin tasks, both models loaded here (reference backend)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from pipeline.backends.reference.runtime import ReferenceRuntime
         from pipeline.backends.reference.serve import load_runtime
-        from pipeline.eval import gate, measure, tasks, textset
+        from pipeline.eval import measure, tasks, textset
         from pipeline.eval.baseline_cache import BaselineCache
 
         r = ctx.recipe
         cfg = r.gates.accuracy
-        if r.build.backend != "reference":
-            raise NotImplementedStageError("accuracy", f"candidate logprobs for backend '{r.build.backend}' come "
-                                           "from TensorRT-LLM's LLM API on a GPU host; not wired yet")
         source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
         bundle = Path(ctx.inputs["build"].outputs["bundle"])
         tok = AutoTokenizer.from_pretrained(source)
@@ -63,10 +98,10 @@ class AccuracyStage(Stage):
                                     max_seq_len=r.build.max_seq_len).start()
         candidate = load_runtime(bundle, verify=False, activations=True)  # the build stage verified it
         try:
-            seqs = textset.windows(tok, textset.load_text(cfg.text_set, ctx.loaded.path.parent),
-                                   count=cfg.text_samples, length=cfg.text_seq_len)
+            seqs = (textset.windows(tok, textset.load_text(cfg.text_set, ctx.loaded.path.parent),
+                                    count=cfg.text_samples, length=cfg.text_seq_len) if teacher else [])
             specs = [measure.TaskSpec(t.name, t.kind, tasks.load_items(t.data, ctx.loaded.path.parent), t.limit)
-                     for t in cfg.tasks]
+                     for t in task_cfgs]
             # the unquantized side depends only on the source and the items: kept across runs
             cache = BaselineCache(ctx.artifacts / "cache" / "accuracy-baseline", ctx.inputs["fetch"].digest)
             m = measure.measure(baseline, candidate, seqs, specs, tf_batch=TF_BATCH, cache=cache,
@@ -74,23 +109,51 @@ class AccuracyStage(Stage):
         finally:
             baseline.stop()
             candidate.stop()
-        tf, pairs = m.teacher_forced, m.tasks
         ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items())
                           + (f"; baseline from cache: {', '.join(m.cached)}" if m.cached else ""))
-        refs_path = Path(cfg.references)
-        key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
-        # judged against the file as it is now; values recorded below apply from the next run on
-        report = gate.decide(cfg, tf, pairs, references.load(refs_path), key)
-        if ctx.options.get("record_references"):
-            _record(ctx, refs_path, key, pairs, report)
-        atomic.write_text(ctx.workdir / "accuracy.json", json.dumps(report.to_json(), indent=2, sort_keys=True))
-        atomic.write_text(ctx.workdir / "accuracy.md", report.markdown())
-        ctx.reporter.info(report.markdown())
-        return StageOutput(outputs={"report": "accuracy.json", "markdown": "accuracy.md"},
-                           summary={"failed": report.failed, "metrics": {
-                               "ppl_ratio": tf.ppl_ratio, "top1_agreement": tf.top1_agreement, "mean_kl": tf.mean_kl,
-                               **{f"{t['name']}_accuracy": t["candidate"] for t in report.tasks}}},
-                           passed=report.passed)
+        return (m.teacher_forced if teacher else None), m.tasks
+
+
+def _lm_eval_pairs(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
+    """lm-eval tasks against the candidate's and the baseline's OpenAI endpoints, paired per document."""
+    from pipeline.eval import endpoints, lmeval
+
+    r = ctx.recipe
+    opts = r.gates.accuracy.lm_eval
+    source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
+    bundle = Path(ctx.inputs["build"].outputs["bundle"])
+    settings = lmeval.Settings(
+        python=interpolate_string(opts.python) if opts.python else sys.executable,
+        include_path=_include_path(ctx, opts.include_path), num_concurrent=opts.num_concurrent,
+        batch_size=opts.batch_size, max_length=r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
+        run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args))
+    tasks = [lmeval.LmEvalTask(t.name, t.data, t.metric, t.filter, t.num_fewshot, t.limit) for t in task_cfgs]
+    out = ctx.workdir / "lm-eval"
+    sides: dict[str, lmeval.SideRun] = {}
+    for side in ("baseline", "candidate"):
+        srv = getattr(opts, side)
+        kind = endpoints.resolved_kind(side, srv, r.build.backend)
+        with contextlib.ExitStack() as stack:
+            what = f"starting {kind} server" if kind != "endpoint" else f"endpoint {srv.url}"
+            with ctx.progress(f"lm-eval {side}: {what}"):
+                endpoint = stack.enter_context(endpoints.serve(side, srv, r, source=source, bundle=bundle,
+                                                               workdir=ctx.workdir))
+            with ctx.progress(f"lm-eval {side}: {', '.join(t.task for t in tasks)}"):
+                sides[side] = lmeval.run_side(settings, tasks, endpoint, out, label=side)
+        ctx.reporter.info(f"lm-eval {side} ({kind}): {sides[side].seconds:.1f}s")
+    return [lmeval.pair(t, sides["baseline"].samples[t.name], sides["candidate"].samples[t.name]) for t in tasks]
+
+
+def _include_path(ctx: StageContext, path: str | None) -> Path:
+    from pipeline.eval.lmeval import SHIPPED_TASKS
+
+    if path is None:
+        return SHIPPED_TASKS
+    p = Path(interpolate_string(path))
+    p = p if p.is_absolute() else ctx.loaded.path.parent / p
+    if not p.is_dir():
+        raise StageError("accuracy", f"{ctx.loaded.path}: gates.accuracy.lm_eval.include_path {p} is not a directory")
+    return p.resolve()
 
 
 def _record(ctx: StageContext, path: Path, key: str, pairs: list[Any], report: Any) -> None:
