@@ -1,0 +1,100 @@
+"""The accuracy gate's lm-eval side against trtllm-serve, which cannot run here: a stand-in
+(tests/data/trtllm/trtllm-serve) parses argv strictly against the recorded 1.2 flags and serves the
+recorded behaviour (no prompt logprobs). Real lm-eval talks to it; what trtbuild sends is checked."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.bundle import write_manifest
+from pipeline.errors import StageError
+from pipeline.eval import endpoints, lmeval
+from pipeline.recipe.load import load_recipe
+from tests.conftest import ROOT
+from tests.tiny_model import make_tokenizer
+
+pytestmark = pytest.mark.integration
+STANDIN = ROOT / "tests/data/trtllm/trtllm-serve"
+FLAGS = json.loads((ROOT / "tests/data/trtllm/trtllm_serve_flags_1.2.json").read_text())
+
+RECIPE = """\
+name: g
+source: {{repo: org/m, revision: {sha}}}
+target: {{gpu: h100, tensor_parallel: 2}}
+build: {{backend: tensorrt, max_batch_size: 8, max_seq_len: 512, max_num_tokens: 1024}}
+gates:
+  accuracy:
+    tasks:
+      - {{name: copy, kind: lm-eval, data: trtbuild_copy, metric: exact_match, limit: 6}}
+    lm_eval:
+      candidate: {{kind: trtllm-serve, command: [{py}, {standin}], start_timeout_s: 60}}
+release: {{model_name: g}}
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("trtserve")
+    bundle = d / "bundle"
+    (bundle / "engine").mkdir(parents=True)
+    (bundle / "engine" / "config.json").write_text("{}")
+    for rank in (0, 1):
+        (bundle / "engine" / f"rank{rank}.engine").write_bytes(b"stand-in")
+    make_tokenizer().save_pretrained(bundle / "tokenizer")
+    write_manifest(bundle, name="g", backend="tensorrt", provenance={}, compatibility={},
+                   runtime={"kind": "tensorrt", "engine": "engine", "tokenizer": "tokenizer"})
+    source = d / "source"
+    make_tokenizer().save_pretrained(source)
+    (d / "r.yaml").write_text(RECIPE.format(sha="a" * 40, py=sys.executable, standin=STANDIN))
+    recipe = load_recipe(d / "r.yaml", env={}).recipe
+    return {"d": d, "bundle": bundle, "source": source, "recipe": recipe}
+
+
+def test_command_line_matches_the_recorded_interface(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    argv_file = served["d"] / "argv.json"
+    monkeypatch.setenv("TRTLLM_STANDIN_ARGV", str(argv_file))
+    r = served["recipe"]
+    with endpoints.serve("candidate", r.gates.accuracy.lm_eval.candidate, r, source=served["source"],
+                         bundle=served["bundle"], workdir=served["d"]) as ep:
+        # 1.2 has no --served_model_name: the id is read back from /v1/models (the engine dir's name)
+        assert ep.model == "engine"
+    argv = json.loads(argv_file.read_text())
+    assert argv[0] == str(served["bundle"] / "engine")
+    flags = {a for a in argv[1:] if a.startswith("--")}
+    assert flags <= set(FLAGS["flags"]), flags - set(FLAGS["flags"])
+    opt = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+    assert opt["--backend"] == "tensorrt" and opt["--tokenizer"] == str(served["bundle"] / "tokenizer")
+    assert (opt["--tp_size"], opt["--max_batch_size"], opt["--max_seq_len"]) == ("2", "8", "512")
+    assert opt["--host"] == "127.0.0.1"
+
+
+def test_generation_task_runs_and_loglikelihood_task_is_refused(served: dict[str, Any]) -> None:
+    r = served["recipe"]
+    settings = lmeval.Settings(python=sys.executable, num_concurrent=2, max_length=512, run_timeout_s=300)
+    with endpoints.serve("candidate", r.gates.accuracy.lm_eval.candidate, r, source=served["source"],
+                         bundle=served["bundle"], workdir=served["d"]) as ep:
+        assert lmeval.probe_prompt_logprobs(ep) is not None
+        copy = lmeval.LmEvalTask("copy", "trtbuild_copy", "exact_match", limit=6)
+        side = lmeval.run_side(settings, [copy], ep, served["d"] / "out", label="candidate")
+        assert len(side.samples["copy"]) == 6
+        assert side.output_types == {"trtbuild_copy": "generate_until"}
+        assert all(s.value == 1.0 for s in side.samples["copy"].values())  # the stand-in copies the word
+        mc = lmeval.LmEvalTask("mc", "trtbuild_mc_facts", "acc", limit=4)
+        with pytest.raises(StageError, match="no prompt logprobs") as e:
+            lmeval.run_side(settings, [mc], ep, served["d"] / "out-mc", label="candidate")
+        assert "generate_until" in (e.value.hint or "")
+
+
+def test_missing_trtllm_serve_is_one_line(served: dict[str, Any], tmp_path: Path) -> None:
+    from pipeline.errors import ServiceError
+
+    r = served["recipe"]
+    srv = r.gates.accuracy.lm_eval.candidate.model_copy(update={"command": [str(tmp_path / "trtllm-serve")]})
+    with pytest.raises(ServiceError, match="not found"), endpoints.serve(
+            "candidate", srv, r, source=served["source"], bundle=served["bundle"], workdir=tmp_path):
+        pass
