@@ -14,6 +14,7 @@ from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
 from pipeline.util import atomic
+from pipeline.util.hashing import digest_dir, digest_obj
 
 # teacher-forced windows per forward: all windows have one length, so rows need no padding and
 # score exactly as alone; 4 keeps the [4, len, vocab] log-prob tensors of both models near 1 GB
@@ -36,7 +37,16 @@ class AccuracyStage(Stage):
         # the verdict depends on this recipe's reference entry: a recorded or edited one re-runs the gate
         r = loaded.recipe
         key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
-        return {"references": references.entry_digest(Path(r.gates.accuracy.references), key)}
+        digests = {"references": references.entry_digest(Path(r.gates.accuracy.references), key)}
+        if any(t.kind == "lm-eval" for t in r.gates.accuracy.tasks):
+            # an edited task YAML or data file changes what is measured: the gate runs again
+            from pipeline.eval.lmeval import SHIPPED_TASKS
+            from pipeline.eval.tasks import DATA
+
+            inc = r.gates.accuracy.lm_eval.include_path
+            dirs = [SHIPPED_TASKS, DATA] if inc is None else [_include_path(loaded, inc)]
+            digests["lm_eval_tasks"] = digest_obj([digest_dir(d) for d in dirs])
+        return digests
 
     def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
         if ctx.options.get("record_references"):
@@ -65,8 +75,9 @@ class AccuracyStage(Stage):
         # judged against the file as it is now; values recorded below apply from the next run on
         report = gate.decide(cfg, tf, pairs, references.load(refs_path), key)
         if not teacher:
-            report.notes.append(f"teacher-forced metrics (perplexity ratio, top-1 agreement, KL) not measured: they "
-                                f"run in-process on the reference backend, this build is {r.build.backend}")
+            why = ("gates.accuracy.teacher_forced is false" if cfg.teacher_forced is False else
+                   f"they run in-process on the reference backend, this build is {r.build.backend}")
+            report.notes.append(f"teacher-forced metrics (perplexity ratio, top-1 agreement, KL) not measured: {why}")
         if ctx.options.get("record_references"):
             _record(ctx, refs_path, key, pairs, report)
         atomic.write_text(ctx.workdir / "accuracy.json", json.dumps(report.to_json(), indent=2, sort_keys=True))
@@ -124,7 +135,7 @@ def _lm_eval_pairs(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
     bundle = Path(ctx.inputs["build"].outputs["bundle"])
     settings = lmeval.Settings(
         python=interpolate_string(opts.python) if opts.python else sys.executable,
-        include_path=_include_path(ctx, opts.include_path), num_concurrent=opts.num_concurrent,
+        include_path=_include_path(ctx.loaded, opts.include_path), num_concurrent=opts.num_concurrent,
         batch_size=opts.batch_size, max_length=r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
         run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args))
     tasks = [lmeval.LmEvalTask(t.name, t.data, t.metric, t.filter, t.num_fewshot, t.limit) for t in task_cfgs]
@@ -144,15 +155,15 @@ def _lm_eval_pairs(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
     return [lmeval.pair(t, sides["baseline"].samples[t.name], sides["candidate"].samples[t.name]) for t in tasks]
 
 
-def _include_path(ctx: StageContext, path: str | None) -> Path:
+def _include_path(loaded: LoadedRecipe, path: str | None) -> Path:
     from pipeline.eval.lmeval import SHIPPED_TASKS
 
     if path is None:
         return SHIPPED_TASKS
     p = Path(interpolate_string(path))
-    p = p if p.is_absolute() else ctx.loaded.path.parent / p
+    p = p if p.is_absolute() else loaded.path.parent / p
     if not p.is_dir():
-        raise StageError("accuracy", f"{ctx.loaded.path}: gates.accuracy.lm_eval.include_path {p} is not a directory")
+        raise StageError("accuracy", f"{loaded.path}: gates.accuracy.lm_eval.include_path {p} is not a directory")
     return p.resolve()
 
 
