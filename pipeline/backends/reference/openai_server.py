@@ -1,0 +1,581 @@
+"""An OpenAI-compatible completions server over the CPU ReferenceRuntime: the CPU analog of trtllm-serve.
+
+The accuracy gate points lm-evaluation-harness's `local-completions` model at it, once for the
+candidate bundle and once for the unquantized source checkpoint, so both sides go through the
+same request path. Echo and logprobs follow vLLM's layout, which is what lm-eval's parser reads:
+the prompt tokens come first (the first one with `None`), then the generated ones; each
+`top_logprobs` entry holds the k most likely tokens and also the actual one.
+
+Prompts run one at a time, on one worker thread: a prompt's tokens and logprobs are then those of
+the in-process runtime given that prompt alone, whatever else the request or the server holds.
+Streaming goes through the runtime's scheduler (batched with other streams, as serving does).
+
+`python -m pipeline.backends.reference.openai_server (--bundle DIR | --checkpoint DIR) [--activations]
+[--host 127.0.0.1] [--port P] [--served-model-name NAME] [--max-batch-size N] [--max-seq-len N]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import json
+import math
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.backends.reference.runtime import Generation, ReferenceRuntime, SamplingParams
+
+# vLLM clamps logprobs to this: -inf is not JSON, and the value stays below any real logprob
+LOGPROB_FLOOR = -9999.0
+MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+
+
+class ApiError(Exception):
+    """An error the client caused (or a missing model): answered as OpenAI-style JSON, never a traceback."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.kind = kind
+
+
+# ---------------------------------------------------------------------------------------------- request
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompts: list[str | list[int]]
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    echo: bool = False
+    logprobs: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    ignore_eos: bool = False
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, seed=self.seed, stop=self.stop, ignore_eos=self.ignore_eos)
+
+
+def parse_request(body: Any, served_name: str) -> CompletionRequest:
+    """Validate a /v1/completions body. Unknown fields are ignored, as OpenAI servers do."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != served_name:
+        raise ApiError(f"The model `{model}` does not exist.", 404, "NotFoundError")
+    if _opt(body, "n", int, 1) != 1:
+        raise ApiError("only n=1 is supported")
+    req = CompletionRequest(
+        prompts=_prompts(body.get("prompt")),
+        max_tokens=_opt(body, "max_tokens", int, 16),
+        temperature=float(_opt(body, "temperature", float, 0.0)),
+        top_p=float(_opt(body, "top_p", float, 1.0)),
+        top_k=max(0, _opt(body, "top_k", int, 0)),  # vLLM spells "off" as -1
+        seed=_opt(body, "seed", int, None),
+        stop=_stop(body.get("stop")),
+        echo=_opt(body, "echo", bool, False),
+        logprobs=_opt(body, "logprobs", int, None),
+        stream=_opt(body, "stream", bool, False),
+        include_usage=_include_usage(body.get("stream_options")),
+        ignore_eos=_opt(body, "ignore_eos", bool, False),
+    )
+    _check_ranges(req)
+    return req
+
+
+def _check_ranges(req: CompletionRequest) -> None:
+    if req.max_tokens < 0 or (req.max_tokens == 0 and not req.echo):
+        raise ApiError("max_tokens must be >= 1 (0 only with echo: prompt logprobs only)")
+    if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
+        raise ApiError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if req.stream and req.logprobs is not None:
+        raise ApiError("logprobs with stream is not supported by this server")
+    if req.seed is not None and not -(2**63) <= req.seed < 2**64:  # what torch.Generator takes
+        raise ApiError("'seed' is out of range")
+    if req.max_tokens > 0:
+        try:
+            req.sampling()
+        except ValueError as e:
+            raise ApiError(str(e)) from None
+
+
+def _opt(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    """A field of one JSON type, or the default when absent or null. bool is not accepted as a number."""
+    value = body.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ApiError(f"'{key}' must be {'a number' if kind is float else 'an ' + kind.__name__}, "
+                       f"got {json.dumps(value)[:40]}")
+    if kind is float and not math.isfinite(value):
+        raise ApiError(f"'{key}' must be finite")
+    return value
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    """str, list[str], list[int] (one tokenized prompt) or list[list[int]] (lm-eval's batches)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(_is_token(t) for t in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, list) and all(_is_token(t) for t in p) for p in prompt):
+            return [list(p) for p in prompt]
+    raise ApiError("'prompt' must be a string, a list of strings, a list of token ids or a list of such lists")
+
+
+def _is_token(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def _stop(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return tuple(s for s in stop if s)
+    raise ApiError("'stop' must be a string or a list of strings")
+
+
+def _include_usage(options: Any) -> bool:
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise ApiError("'stream_options' must be an object")
+    return bool(options.get("include_usage", False))
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+@dataclass
+class Choice:
+    prompt_ids: list[int]
+    prompt_text: str
+    gen_ids: list[int] = field(default_factory=list)  # without the EOS token
+    eos: bool = False  # an EOS token ended it: counted and shown in logprobs, as vLLM does
+    eos_id: int | None = None  # known once scored
+    text: str = ""
+    finish_reason: str = "length"
+    logprobs: dict[str, Any] | None = None
+
+    def finish(self, g: Generation) -> None:
+        self.gen_ids, self.text, self.eos = list(g.token_ids), g.text, g.finish_reason == "eos"
+        self.finish_reason = "length" if g.finish_reason == "length" else "stop"
+
+    def completion_tokens(self) -> int:
+        return len(self.gen_ids) + self.eos
+
+
+# one token of a logprobs answer: its text, its logprob, the top ones (None for the first prompt token)
+Entry = tuple[str, float | None, dict[str, float] | None]
+
+
+class Engine:
+    """The model work of the server; its methods block and run on one worker thread.
+
+    Each prompt runs alone (a batch of one), so its tokens and logprobs are what the in-process
+    runtime gives for that prompt alone: batching even unpadded rows of one length changes float
+    rounding on the CPU (the GEMM kernel depends on the row count), and with fake-quantized
+    activations that flipped greedy tokens and moved logprobs by more than 1 nat on SmolLM2.
+    """
+
+    def __init__(self, rt: ReferenceRuntime) -> None:
+        self.rt = rt
+        self.vocab = int(rt.model.get_input_embeddings().num_embeddings)
+        self._pieces: dict[int, str] = {}
+        self._pieces_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- prompts
+    def prepare(self, req: CompletionRequest) -> list[Choice]:
+        """Tokenize and check lengths before any generation, so a bad prompt is a 400, not a failed batch."""
+        choices = []
+        for p in req.prompts:
+            ids = self.rt.encode(p) if isinstance(p, str) else p
+            if not ids:
+                raise ApiError("the prompt is empty")
+            bad = next((t for t in ids if not 0 <= t < self.vocab), None)
+            if bad is not None:
+                raise ApiError(f"token id {bad} is out of range for a vocabulary of {self.vocab}")
+            if len(ids) + req.max_tokens > self.rt.max_seq_len:
+                raise ApiError(f"This model's maximum context length is {self.rt.max_seq_len} tokens. However, you "
+                               f"requested {len(ids) + req.max_tokens} tokens ({len(ids)} in the prompt, "
+                               f"{req.max_tokens} for the completion).")
+            text = p if isinstance(p, str) else self.rt.tokenizer.decode(ids)
+            choices.append(Choice(prompt_ids=list(ids), prompt_text=text))
+        return choices
+
+    # ----------------------------------------------------------------- non-streamed completions
+    def complete(self, req: CompletionRequest, choices: list[Choice]) -> list[Choice]:
+        # lm-eval's loglikelihood request: the prompt's forward for its logprobs also gives the token
+        greedy_one = req.logprobs is not None and req.max_tokens == 1 and req.temperature == 0
+        for c in choices:
+            if req.max_tokens > 0 and not greedy_one:
+                # generate_batch of one prompt runs it as one batch at once; submit() may batch it
+                # with other requests
+                c.finish(self.rt.generate_batch([c.prompt_ids], req.sampling())[0])
+            if req.logprobs is not None:
+                c.logprobs = self._logprobs(req, c, greedy_one)
+        return choices
+
+    def _logprobs(self, req: CompletionRequest, c: Choice, greedy_one: bool) -> dict[str, Any]:
+        """vLLM's logprobs of a choice.
+
+        The prompt's (with echo) come from a forward of the prompt alone: the rows that
+        ReferenceRuntime.score(prompt) gives. The new tokens' come from a forward of the whole
+        sequence but its last token; for one new token (lm-eval's case) that is the same forward.
+        """
+        n_new = 1 if greedy_one else len(c.gen_ids) + c.eos
+        prompt_lp: Any = self._forward(c.prompt_ids) if req.echo or n_new == 1 else None
+        if greedy_one:
+            self._take_greedy(req, c, prompt_lp[-1])
+        new_lp = prompt_lp
+        if n_new > 1:
+            new_lp = self._forward(c.prompt_ids + c.gen_ids[:n_new - 1])
+        if c.eos and c.eos_id is None and new_lp is not None:
+            # the runtime does not say which EOS id ended the text: the likeliest one there
+            c.eos_id = max(sorted(self.rt.eos_ids), key=lambda e: float(new_lp[-1, e]))
+        seq = c.prompt_ids + c.gen_ids + ([c.eos_id] if c.eos_id is not None else [])
+        n, k = len(c.prompt_ids), req.logprobs or 0
+        entries: list[Entry] = []
+        if req.echo:
+            entries.append((self.piece(seq[0]), None, None))  # nothing predicts the first token
+            entries += self._entries(prompt_lp, seq, 1, n, k)
+        if n_new:
+            entries += self._entries(new_lp, seq, n, len(seq), k)
+        tokens = [e[0] for e in entries]
+        offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=0))[: len(tokens)]
+        return {"tokens": tokens, "token_logprobs": [e[1] for e in entries],
+                "top_logprobs": [e[2] for e in entries], "text_offset": offsets}
+
+    def _take_greedy(self, req: CompletionRequest, c: Choice, row: Any) -> None:
+        """The one new token, from the row after the prompt: the model's greedy pick, with the
+        runtime's stop rules (EOS, stop strings). It comes from a full forward rather than the
+        KV-cache prefill; lm-eval drops it anyway.
+        """
+        tok = int(row.argmax())
+        if tok in self.rt.eos_ids and not req.ignore_eos:
+            c.eos, c.eos_id, c.finish_reason = True, tok, "stop"
+            return
+        c.gen_ids = [tok]
+        c.text = self.rt.tokenizer.decode([tok], skip_special_tokens=True)
+        hit = [c.text.index(s) for s in req.stop if s in c.text]
+        if hit:
+            c.text, c.finish_reason = c.text[: min(hit)], "stop"
+
+    def _forward(self, ids: list[int]) -> Any:
+        """Log-softmax [len(ids), vocab] of each next token: ReferenceRuntime.score plus the row
+        after the last token. The same forward call on the same input, so rows[:-1] are score(ids)
+        bit for bit (appending a placeholder token to score would change the shape, and so the
+        rounding).
+        """
+        import torch
+
+        with torch.inference_mode():
+            logits = self.rt.model(input_ids=torch.tensor([ids])).logits[0].to(torch.float32)
+            return torch.log_softmax(logits, dim=-1)
+
+    def _entries(self, lp: Any, seq: list[int], lo: int, hi: int, k: int) -> list[Entry]:
+        """(text, logprob, top) of tokens lo..hi-1 of seq; row j-1 of lp predicts token j.
+
+        The logprob and the top values are the very floats of one tensor, so an actual token that
+        is the argmax compares equal to max(top.values()), as lm-eval's is_greedy needs.
+        """
+        import torch
+
+        if hi <= lo:
+            return []
+        rows = lp[lo - 1:hi - 1]
+        chosen = rows.gather(1, torch.tensor(seq[lo:hi]).unsqueeze(1)).squeeze(1).tolist()
+        if k > 0:
+            vals, ids = torch.topk(rows, min(k, rows.shape[-1]), dim=-1)
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), vals.tolist(), strict=True)]
+        else:
+            tops = [[] for _ in chosen]
+        out: list[Entry] = []
+        for tok, lp_tok, top in zip(seq[lo:hi], chosen, tops, strict=True):
+            actual = _floor(lp_tok)
+            best = top_dict([(self.piece(t), _floor(v)) for t, v in top], self.piece(tok), actual)
+            out.append((self.piece(tok), actual, best))
+        return out
+
+    def piece(self, tok: int) -> str:
+        """The text of one token, as vLLM shows it (a lone byte of a multi-byte char decodes to U+FFFD)."""
+        with self._pieces_lock:
+            s = self._pieces.get(tok)
+            if s is None:
+                s = self._pieces[tok] = self.rt.tokenizer.decode([tok])
+            return s
+
+
+def top_dict(top: Sequence[tuple[str, float]], actual: str, actual_lp: float) -> dict[str, float]:
+    """k best as {text: logprob} plus the actual token. Two ids may decode to one text: keep the max.
+
+    lm-eval calls a token greedy when its logprob equals max(top.values()); with the max kept,
+    the actual token's entry never hides a better token and never disappears.
+    """
+    out: dict[str, float] = {}
+    for text, v in [*top, (actual, actual_lp)]:
+        out[text] = max(out.get(text, -math.inf), v)
+    return out
+
+
+def _floor(v: float) -> float:
+    return max(v, LOGPROB_FLOOR)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _error(e.status, e.message, e.kind)
+    except web.HTTPException as e:  # unknown route, wrong method
+        return _error(e.status, e.reason or "error", "invalid_request_error")
+    except Exception as e:  # one line for the client and the log, never a traceback page
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        print(f"openai server: internal error on {request.path}: {msg}", file=sys.stderr, flush=True)
+        return _error(500, msg, "internal_error")
+
+
+class Server:
+    def __init__(self, engine: Engine, served_name: str) -> None:
+        self.engine = engine
+        self.served_name = served_name
+        # one model thread: requests queue instead of splitting two cores between forwards
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-model")
+        self.created = int(time.time())
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors], client_max_size=64 * 2**20)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.rt.stop()
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.served_name, "object": "model", "created": self.created, "owned_by": "trtbuild",
+             "max_model_len": self.engine.rt.max_seq_len}]})
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError("the request body is not valid JSON") from None
+        req = parse_request(body, self.served_name)
+        choices = await self._run(self.engine.prepare, req)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.served_name}
+        if req.stream:
+            return await self._stream(request, req, choices, head)
+        done = await self._run(self.engine.complete, req, choices)
+        return web.json_response({**head, "choices": [_choice_json(i, c, req.echo) for i, c in enumerate(done)],
+                                  "usage": _usage(done)})
+
+    async def _stream(self, request: web.Request, req: CompletionRequest, choices: list[Choice],
+                      head: dict[str, Any]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        async def send(obj: dict[str, Any]) -> None:
+            await resp.write(f"data: {json.dumps(obj)}\n\n".encode())
+
+        async def send_text(index: int, text: str) -> None:
+            await send({**head, "choices": [_delta(index, text, None)]})
+
+        try:
+            # one prompt after another: alone in its batch (when no other stream runs), it gives the
+            # tokens of the non-streamed path
+            for i, c in enumerate(choices):
+                if req.echo:
+                    await send({**head, "choices": [_delta(i, c.prompt_text, None)]})
+                if req.max_tokens > 0:
+                    await self._stream_one(req, c, functools.partial(send_text, i))
+                await send({**head, "choices": [_delta(i, "", c.finish_reason)]})
+            if req.include_usage:
+                await send({**head, "choices": [], "usage": _usage(choices)})
+        except ConnectionResetError:
+            return resp  # the client left; the runtime finishes the request on its own
+        except ApiError as e:  # the status line is sent already: the error goes in the stream
+            await send({"error": {"message": e.message, "type": e.kind, "code": e.status}})
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            print(f"openai server: internal error while streaming: {msg}", file=sys.stderr, flush=True)
+            await send({"error": {"message": msg, "type": "internal_error", "code": 500}})
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def _stream_one(self, req: CompletionRequest, c: Choice, send: Callable[[str], Any]) -> None:
+        """Stream one prompt's text; the pieces add up to the non-streamed text exactly.
+
+        The runtime's per-token deltas are not used: a token that completes a multi-byte
+        character turns an earlier U+FFFD into the character, and a stop string is cut after its
+        first characters were seen. Text that may still change is held back (see _stable).
+        """
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[int | None] = asyncio.Queue()
+
+        def on_token(tok: int, _delta: str, _lp: float | None) -> None:  # on the runtime's thread
+            loop.call_soon_threadsafe(q.put_nowait, tok)
+
+        fut = self.engine.rt.submit(c.prompt_ids, req.sampling(), on_token=on_token)
+        # scheduled after every on_token of this request (same thread, FIFO), so it ends the stream
+        fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(q.put_nowait, None))
+        ids: list[int] = []
+        sent = ""
+        while (tok := await q.get()) is not None:
+            ids.append(tok)
+            text = _stable(self.engine.rt.tokenizer.decode(ids, skip_special_tokens=True), req.stop)
+            if len(text) > len(sent) and text.startswith(sent):
+                await send(text[len(sent):])
+                sent = text
+        try:
+            c.finish(fut.result())
+        except ValueError as e:
+            raise ApiError(str(e)) from None
+        if len(c.text) > len(sent) and c.text.startswith(sent):
+            await send(c.text[len(sent):])
+
+
+def _stable(text: str, stops: Sequence[str]) -> str:
+    """The part of a growing text that later tokens cannot change.
+
+    A trailing U+FFFD may be the first bytes of a character, and a suffix that begins a stop
+    string may become one (the runtime then cuts the text at the stop string).
+    """
+    cut = min((text.index(s) for s in stops if s in text), default=len(text))
+    text = text[:cut].rstrip("\ufffd")
+    hold = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    return text[: len(text) - hold]
+
+
+def _delta(index: int, text: str, finish: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def _choice_json(index: int, c: Choice, echo: bool) -> dict[str, Any]:
+    text = c.prompt_text + c.text if echo else c.text
+    return {"index": index, "text": text, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+
+
+def _usage(choices: Sequence[Choice]) -> dict[str, int]:
+    p = sum(len(c.prompt_ids) for c in choices)
+    g = sum(c.completion_tokens() for c in choices)
+    return {"prompt_tokens": p, "completion_tokens": g, "total_tokens": p + g}
+
+
+# ---------------------------------------------------------------------------------------------- loading / main
+
+
+def load_checkpoint(path: Path, *, max_batch_size: int | None = None,
+                    max_seq_len: int | None = None) -> ReferenceRuntime:
+    """A plain HF checkpoint in float32, as the accuracy stage loads the unquantized baseline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    return ReferenceRuntime(model, tok, max_batch_size=max_batch_size or 8,
+                            max_seq_len=max_seq_len or min(2048, limit)).start()
+
+
+def load(args: argparse.Namespace) -> ReferenceRuntime:
+    if args.checkpoint is not None:
+        return load_checkpoint(args.checkpoint, max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+    from pipeline.backends.reference.serve import load_runtime
+
+    rt = load_runtime(args.bundle, activations=args.activations)
+    # the runtime reads both per batch / per request, so overriding after load is enough
+    rt.max_batch_size = args.max_batch_size or rt.max_batch_size
+    rt.max_seq_len = args.max_seq_len or rt.max_seq_len
+    return rt
+
+
+async def serve(server: Server, host: str, port: int, what: str) -> None:
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    print(f"openai server: model {server.served_name} on http://{host}:{port} ({what})", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.backends.reference.openai_server",
+                                 description="OpenAI-compatible completions over the CPU reference runtime")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", type=Path, help="a reference bundle directory")
+    src.add_argument("--checkpoint", type=Path, help="a plain Hugging Face checkpoint (the unquantized baseline)")
+    ap.add_argument("--activations", action="store_true",
+                    help="fake-quantize activations and K/V as the engine does (bundles only)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--served-model-name", default=None, help="default: the directory's name")
+    ap.add_argument("--max-batch-size", type=int, default=None)
+    ap.add_argument("--max-seq-len", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.activations and args.checkpoint is not None:
+        ap.error("--activations applies to --bundle only (a plain checkpoint has no quantization scales)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    path = args.bundle if args.bundle is not None else args.checkpoint
+    name = args.served_model_name or path.resolve().name
+    rt = load(args)
+    what = f"{'bundle' if args.bundle is not None else 'checkpoint'} {path}"
+    asyncio.run(serve(Server(Engine(rt), name), args.host, args.port, what))
+
+
+if __name__ == "__main__":
+    main()
