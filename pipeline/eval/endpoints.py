@@ -44,10 +44,12 @@ def serve(side: Side, srv: LmEvalServer, recipe: Recipe, *, source: Path, bundle
         from pipeline.backends.reference.openai_launch import ReferenceOpenAIServer
 
         # the candidate with fake-quantized activations, as the in-process gate measures it
-        server = (ReferenceOpenAIServer(sys.executable, bundle=bundle, activations=True, served_name=side, log=log,
-                                        start_timeout=srv.start_timeout_s) if side == "candidate" else
-                  ReferenceOpenAIServer(sys.executable, checkpoint=source, served_name=side, log=log,
-                                        start_timeout=srv.start_timeout_s))
+        b = recipe.build
+        server = ReferenceOpenAIServer(sys.executable, bundle=bundle if side == "candidate" else None,
+                                       checkpoint=None if side == "candidate" else source,
+                                       activations=side == "candidate", served_name=side,
+                                       max_batch_size=b.max_batch_size, max_seq_len=b.max_seq_len, log=log,
+                                       start_timeout=srv.start_timeout_s)
         with server:
             yield Endpoint(server.url, side, source)
         return

