@@ -154,8 +154,10 @@ class ReferenceRuntime:
         Prompts of one token length share a batch (up to max_batch_size), so no row is padded:
         left padding and its attention mask change float rounding in the other rows' sums, and
         with FP8 activation emulation such a difference can cross a rounding edge and change a
-        greedy token. Unpadded rows give the same tokens as one request at a time. Each row stops
-        on its own (EOS, stop, max_tokens), as in serving.
+        greedy token. Unpadded rows avoid that; they are not bit-exact in every case: CPU matmul
+        kernels are chosen by row count, so once rows finish at different steps a decode can pick
+        another token (seen after the answer line on SmolLM2 FP8, never in a scored answer so far).
+        Each row stops on its own (EOS, stop, max_tokens), as in serving.
         """
         params = params or SamplingParams()
         ids = [self.encode(p) if isinstance(p, str) else list(p) for p in prompts]
