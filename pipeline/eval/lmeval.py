@@ -64,6 +64,7 @@ class Settings:
     request_timeout_s: int = 300
     run_timeout_s: float = 3600.0
     seed: int = 1234
+    model_args: tuple[tuple[str, str], ...] = ()  # the recipe's extra local-completions model_args
     extra_args: tuple[str, ...] = ()
 
 
@@ -102,6 +103,7 @@ def argv(settings: Settings, tasks: Sequence[LmEvalTask], endpoint: Endpoint, ou
         f"max_retries={settings.max_retries}",
         f"timeout={settings.request_timeout_s}",
         f"max_length={settings.max_length}",
+        *(f"{k}={v}" for k, v in settings.model_args),
     ])
     fewshot, limit = tasks[0].num_fewshot, tasks[0].limit
     cmd = [settings.python, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args,

@@ -225,7 +225,21 @@ class LmEvalOptions(Strict):
     run_timeout_s: Positive = Field(7200, description="Give up on one lm-eval invocation after this many seconds.")
     candidate: LmEvalServer = Field(default_factory=LmEvalServer, description="The candidate's endpoint.")
     baseline: LmEvalServer = Field(default_factory=LmEvalServer, description="The unquantized source's endpoint.")
+    model_args: dict[str, str | int | float | bool] = Field(default_factory=dict,
+        description="Extra local-completions model_args, e.g. {add_bos_token: true} for models scored with BOS "
+        "(lm-eval sends token ids without it by default), max_gen_toks. trtbuild sets model, base_url, tokenizer, "
+        "tokenizer_backend, tokenized_requests, num_concurrent, max_retries, timeout and max_length itself.")
     extra_args: list[str] = Field(default_factory=list, description="Extra lm-eval arguments.")
+
+    @field_validator("model_args")
+    @classmethod
+    def _not_ours(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = {"model", "base_url", "tokenizer", "tokenizer_backend", "tokenized_requests", "num_concurrent",
+                 "max_retries", "timeout", "max_length"}
+        if clash := sorted(owned & set(v)):
+            raise ValueError(f"{', '.join(clash)} set by trtbuild (use num_concurrent, request_timeout_s or "
+                             "build.max_seq_len)")
+        return v
 
 
 class AccuracyGate(Strict):

@@ -137,7 +137,8 @@ def _lm_eval_pairs(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
         python=interpolate_string(opts.python) if opts.python else sys.executable,
         include_path=_include_path(ctx.loaded, opts.include_path), num_concurrent=opts.num_concurrent,
         batch_size=opts.batch_size, max_length=r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
-        run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args))
+        run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args),
+        model_args=tuple((k, str(v)) for k, v in opts.model_args.items()))
     tasks = [lmeval.LmEvalTask(t.name, t.data, t.metric, t.filter, t.num_fewshot, t.limit) for t in task_cfgs]
     out = ctx.workdir / "lm-eval"
     sides: dict[str, lmeval.SideRun] = {}

@@ -116,3 +116,10 @@ def test_missing_interpreter_is_one_line(tmp_path: Path) -> None:
     s = lmeval.Settings(python=str(tmp_path / "nope" / "python"))
     with pytest.raises(StageError, match=r"lm-eval interpreter .* not found"):
         lmeval.run_side(s, [lmeval.LmEvalTask("t", "t")], EP, tmp_path, label="candidate")
+
+
+def test_recipe_model_args_are_appended() -> None:
+    s = lmeval.Settings(python="/py", model_args=(("add_bos_token", "True"), ("max_gen_toks", "64")))
+    cmd = lmeval.argv(s, [lmeval.LmEvalTask("t", "t")], EP, Path("/out"))
+    args = dict(kv.split("=", 1) for kv in cmd[cmd.index("--model_args") + 1].split(","))
+    assert (args["add_bos_token"], args["max_gen_toks"]) == ("True", "64")

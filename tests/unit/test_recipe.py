@@ -284,3 +284,35 @@ def test_throughput_baseline_endpoint_rules(tmp_path: Path) -> None:
     assert any("baseline.protocol: a started vLLM baseline speaks openai" in p for p in found), found
     ok = CPU_RECIPE + "gates:\n  throughput:\n    baseline: {kind: endpoint, protocol: triton, url: 'http://h:1'}\n"
     assert load_recipe(write(tmp_path, ok), env={}).recipe.gates.throughput.baseline.model == "baseline"
+
+
+GPU_LM_EVAL = CPU_RECIPE.replace("gpu: cpu", "gpu: h100").replace("backend: reference", "backend: tensorrt") + """\
+gates:
+  accuracy:
+    tasks:
+      - {name: gsm8k, kind: lm-eval, data: gsm8k, metric: exact_match, filter: strict-match}
+"""
+
+
+def test_lm_eval_recipe_rules(tmp_path: Path) -> None:
+    # teacher_forced unset: off on tensorrt, no error
+    assert load_recipe(write(tmp_path, GPU_LM_EVAL), env={}).recipe.gates.accuracy.teacher_forced is None
+
+    def with_acc(extra: str) -> list[str]:
+        return problems(write(tmp_path, GPU_LM_EVAL + extra))
+
+    found = with_acc("    teacher_forced: true\n")
+    assert any("gates.accuracy.teacher_forced: teacher-forced metrics run in-process" in p for p in found), found
+    found = with_acc("    lm_eval: {candidate: {kind: endpoint, url: 'http://h:1'}}\n")
+    assert any("lm_eval.candidate.model: kind 'endpoint' needs url and model" in p for p in found), found
+    found = with_acc("    lm_eval: {candidate: {kind: vllm}}\n")
+    assert any("vLLM does not serve" in p for p in found), found
+    found = with_acc("    lm_eval: {baseline: {kind: reference}}\n")
+    assert any("lm_eval.baseline.kind: the reference server runs on the CPU" in p for p in found), found
+    found = with_acc("    lm_eval: {model_args: {base_url: 'http://x', add_bos_token: true}}\n")
+    assert any("base_url set by trtbuild" in p for p in found), found
+    mc = GPU_LM_EVAL.replace("kind: lm-eval, data: gsm8k, metric: exact_match, filter: strict-match",
+                             "kind: multiple-choice, data: 'builtin:mc-facts'")
+    found = problems(write(tmp_path, mc))
+    assert any("tasks[0].kind: kind 'multiple-choice' runs in-process" in p and "trtbuild_mc_facts" in p
+               for p in found), found
