@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError, StageError
-from pipeline.eval import references
-from pipeline.recipe.load import LoadedRecipe, interpolate_string
+from pipeline.errors import NotImplementedStageError
+from pipeline.eval import lmeval_sides, references
+from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
 from pipeline.util import atomic
-from pipeline.util.hashing import digest_dir, digest_obj
 
 # teacher-forced windows per forward: all windows have one length, so rows need no padding and
 # score exactly as alone; 4 keeps the [4, len, vocab] log-prob tensors of both models near 1 GB
@@ -40,12 +37,7 @@ class AccuracyStage(Stage):
         digests = {"references": references.entry_digest(Path(r.gates.accuracy.references), key)}
         if any(t.kind == "lm-eval" for t in r.gates.accuracy.tasks):
             # an edited task YAML or data file changes what is measured: the gate runs again
-            from pipeline.eval.lmeval import SHIPPED_TASKS
-            from pipeline.eval.tasks import DATA
-
-            inc = r.gates.accuracy.lm_eval.include_path
-            dirs = [SHIPPED_TASKS, DATA] if inc is None else [_include_path(loaded, inc)]
-            digests["lm_eval_tasks"] = digest_obj([digest_dir(d) for d in dirs])
+            digests["lm_eval_tasks"] = lmeval_sides.task_files_digest(loaded)
         return digests
 
     def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
@@ -69,7 +61,7 @@ class AccuracyStage(Stage):
                                            "false and use lm-eval tasks")
         tf, pairs = self._in_process(ctx, in_process, teacher) if (teacher or in_process) else (None, [])
         if harness:
-            pairs += _lm_eval_pairs(ctx, harness)
+            pairs += lmeval_sides.measure(ctx, harness)
         refs_path = Path(cfg.references)
         key = references.reference_key(r.release.model_name, r.quantize.algo, r.quantize.kv_cache)
         # judged against the file as it is now; values recorded below apply from the next run on
@@ -123,49 +115,6 @@ class AccuracyStage(Stage):
         ctx.reporter.info("accuracy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.seconds.items())
                           + (f"; baseline from cache: {', '.join(m.cached)}" if m.cached else ""))
         return (m.teacher_forced if teacher else None), m.tasks
-
-
-def _lm_eval_pairs(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
-    """lm-eval tasks against the candidate's and the baseline's OpenAI endpoints, paired per document."""
-    from pipeline.eval import endpoints, lmeval
-
-    r = ctx.recipe
-    opts = r.gates.accuracy.lm_eval
-    source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
-    bundle = Path(ctx.inputs["build"].outputs["bundle"])
-    settings = lmeval.Settings(
-        python=interpolate_string(opts.python) if opts.python else sys.executable,
-        include_path=_include_path(ctx.loaded, opts.include_path), num_concurrent=opts.num_concurrent,
-        batch_size=opts.batch_size, max_length=r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
-        run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args),
-        model_args=tuple((k, str(v)) for k, v in opts.model_args.items()))
-    tasks = [lmeval.LmEvalTask(t.name, t.data, t.metric, t.filter, t.num_fewshot, t.limit) for t in task_cfgs]
-    out = ctx.workdir / "lm-eval"
-    sides: dict[str, lmeval.SideRun] = {}
-    for side in ("baseline", "candidate"):
-        srv = getattr(opts, side)
-        kind = endpoints.resolved_kind(side, srv, r.build.backend)
-        with contextlib.ExitStack() as stack:
-            what = f"starting {kind} server" if kind != "endpoint" else f"endpoint {srv.url}"
-            with ctx.progress(f"lm-eval {side}: {what}"):
-                endpoint = stack.enter_context(endpoints.serve(side, srv, r, source=source, bundle=bundle,
-                                                               workdir=ctx.workdir))
-            with ctx.progress(f"lm-eval {side}: {', '.join(t.task for t in tasks)}"):
-                sides[side] = lmeval.run_side(settings, tasks, endpoint, out, label=side)
-        ctx.reporter.info(f"lm-eval {side} ({kind}): {sides[side].seconds:.1f}s")
-    return [lmeval.pair(t, sides["baseline"].samples[t.name], sides["candidate"].samples[t.name]) for t in tasks]
-
-
-def _include_path(loaded: LoadedRecipe, path: str | None) -> Path:
-    from pipeline.eval.lmeval import SHIPPED_TASKS
-
-    if path is None:
-        return SHIPPED_TASKS
-    p = Path(interpolate_string(path))
-    p = p if p.is_absolute() else loaded.path.parent / p
-    if not p.is_dir():
-        raise StageError("accuracy", f"{loaded.path}: gates.accuracy.lm_eval.include_path {p} is not a directory")
-    return p.resolve()
 
 
 def _record(ctx: StageContext, path: Path, key: str, pairs: list[Any], report: Any) -> None:

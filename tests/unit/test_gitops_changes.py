@@ -51,15 +51,19 @@ def planned(repo: Path, ref: str = "start") -> list[str]:
     return [p.recipe for p in plan_changes(ref, cwd=repo).planned]
 
 
-def test_recipe_edit_plans_only_that_recipe(repo: Path) -> None:
+def test_recipe_edit_plans_that_recipe_and_its_children(repo: Path) -> None:
     p = repo / "recipes" / "smollm2-cpu.yaml"
     p.write_text(p.read_text().replace("samples: 32\n", "samples: 64\n", 1))
     commit(repo)
     res = trtbuild(repo, "plan", "--changed-since", "start", "--format", "github-matrix")
     assert res.returncode == 0, res.stderr
     matrix = json.loads(res.stdout)
-    assert matrix == {"include": [{"recipe": "recipes/smollm2-cpu.yaml", "name": "smollm2-cpu", "gpu": "cpu",
-                                   "runner": "cpu", "tp": 1, "pp": 1}]}
+    # smollm2-cpu-lm-eval extends smollm2-cpu, so it is planned too
+    assert matrix == {"include": [
+        {"recipe": "recipes/smollm2-cpu-lm-eval.yaml", "name": "smollm2-cpu-lm-eval", "gpu": "cpu", "runner": "cpu",
+         "tp": 1, "pp": 1},
+        {"recipe": "recipes/smollm2-cpu.yaml", "name": "smollm2-cpu", "gpu": "cpu", "runner": "cpu", "tp": 1,
+         "pp": 1}]}
 
 
 def test_base_edit_plans_every_child_transitively(repo: Path) -> None:
@@ -74,7 +78,8 @@ def test_base_edit_plans_every_child_transitively(repo: Path) -> None:
     commit(repo, "common base")
     # common.yaml is extended by smollm2-cpu directly and by the others through hopper-trtllm.yaml
     assert planned(repo, "after-hopper") == ["recipes/llama70b-nvfp4-b200.yaml", "recipes/llama70b.yaml",
-                                             "recipes/llama8b-fp8.yaml", "recipes/smollm2-cpu.yaml"]
+                                             "recipes/llama8b-fp8.yaml", "recipes/smollm2-cpu-lm-eval.yaml",
+                                             "recipes/smollm2-cpu.yaml"]
     plan = plan_changes("after-hopper", cwd=repo)
     by = {p.name: p for p in plan.planned}
     assert by["llama70b"].runner == "h100-x2" and by["llama70b"].tensor_parallel == 2
