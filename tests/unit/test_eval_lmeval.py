@@ -123,3 +123,23 @@ def test_recipe_model_args_are_appended() -> None:
     cmd = lmeval.argv(s, [lmeval.LmEvalTask("t", "t")], EP, Path("/out"))
     args = dict(kv.split("=", 1) for kv in cmd[cmd.index("--model_args") + 1].split(","))
     assert (args["add_bos_token"], args["max_gen_toks"]) == ("True", "64")
+
+
+def test_baseline_cache_round_trip_and_keys(tmp_path: Path) -> None:
+    from pipeline.eval import lmeval_cache
+
+    side = lmeval.SideRun(12.5, {"copy": {"trtbuild_copy/0": lmeval.Sample(0, 1.0, "p0", '["apple"]')}},
+                          {"trtbuild_copy": "generate_until"})
+    key = {"source": "abc", "tasks": [["copy", "trtbuild_copy", "exact_match", None, None, 30]]}
+    path = lmeval_cache.path_for(tmp_path, key)
+    assert lmeval_cache.load(path) is None
+    lmeval_cache.save(path, side)
+    assert lmeval_cache.load(path) == side
+    assert lmeval_cache.path_for(tmp_path, {**key, "source": "abd"}) != path  # another source, another entry
+    path.write_text("{not json")
+    assert lmeval_cache.load(path) is None  # unreadable: recomputed, not an error
+    import importlib.metadata
+    import sys
+
+    assert lmeval_cache.harness_version(sys.executable) == importlib.metadata.version("lm-eval")
+    assert lmeval_cache.harness_version(str(tmp_path / "no-python")) == "unknown"
