@@ -16,14 +16,23 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import requests
 
 from pipeline.bundle import load_bundle
 from pipeline.errors import ServiceError
-from pipeline.recipe.schema import LmEvalServer, Recipe
+from pipeline.recipe.schema import Recipe
 from pipeline.util.net import free_port, wait_until
 from pipeline.util.proc import log_tail, stop_process_group
+
+
+class ServeOptions(Protocol):
+    """What a recipe says about a trtllm-serve it wants started (accuracy and throughput gates)."""
+
+    command: list[str]
+    extra_args: list[str]
+    start_timeout_s: int
 
 
 @dataclass
@@ -46,7 +55,7 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def for_model(cls, srv: LmEvalServer, recipe: Recipe, *, model: Path, tokenizer: Path,
+    def for_model(cls, srv: ServeOptions, recipe: Recipe, *, model: Path, tokenizer: Path,
                   log: Path) -> TrtllmServe:
         """A built bundle (tensorrt engine or pytorch checkpoint) or a plain checkpoint (pytorch)."""
         b = recipe.build

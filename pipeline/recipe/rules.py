@@ -61,6 +61,16 @@ def check(recipe: Recipe) -> list[Problem]:
                          f"calibration seq_len ({q.calibration.seq_len}) exceeds build.max_seq_len "
                          f"({b.max_seq_len})"))
 
+    cand = recipe.gates.throughput.candidate
+    at = ("gates", "throughput", "candidate")
+    if cand.kind == "endpoint" and not (cand.url and cand.model):
+        problems.append(((*at, "url" if not cand.url else "model"),
+                         "candidate kind 'endpoint' needs url and model (the served model name)"))
+    if cand.kind == "triton" and b.backend != "reference":
+        problems.append(((*at, "kind"), "a tritonserver with the TensorRT-LLM backend is not wired into the "
+                         "throughput gate yet; use trtllm-serve (the default for this backend) or endpoint"))
+    if cand.kind == "trtllm-serve" and b.backend == "reference":
+        problems.append(((*at, "kind"), "trtllm-serve does not serve reference bundles; use auto or triton"))
     base = recipe.gates.throughput.baseline
     if base.kind == "endpoint" and not base.url:
         problems.append((("gates", "throughput", "baseline", "url"),

@@ -287,6 +287,19 @@ class VllmBaseline(Strict):
     start_timeout_s: Positive = Field(300, description="Give up if vLLM is not ready after this many seconds.")
 
 
+class ThroughputCandidate(Strict):
+    kind: Literal["auto", "triton", "trtllm-serve", "endpoint"] = Field(
+        "auto", description="What serves the candidate under load: auto (a private tritonserver for the reference "
+        "backend, trtllm-serve for tensorrt/pytorch bundles), triton, trtllm-serve, or an existing endpoint.")
+    url: str | None = Field(None, description="Base URL (http://host:port) for kind=endpoint.")
+    protocol: Literal["openai", "triton"] = Field("openai", description="How kind=endpoint is spoken to.")
+    model: str | None = Field(None, description="Model name served at kind=endpoint.")
+    command: list[str] = Field(default_factory=lambda: ["trtllm-serve"],
+        description="argv prefix for kind=trtllm-serve, e.g. [docker, run, ..., IMAGE, trtllm-serve].")
+    extra_args: list[str] = Field(default_factory=list, description="Extra trtllm-serve arguments.")
+    start_timeout_s: Positive = Field(900, description="Give up if trtllm-serve is not ready after this many seconds.")
+
+
 class Workload(Strict):
     name: str = Field(description="Workload name, used by criteria.")
     kind: Literal["unique", "shared-prefix"] = Field("unique", description="Traffic shape.")
@@ -319,6 +332,8 @@ class Criterion(Strict):
 
 class ThroughputGate(Strict):
     enabled: bool = Field(True, description="Run this gate.")
+    candidate: ThroughputCandidate = Field(default_factory=ThroughputCandidate,
+        description="What serves the candidate (the published Triton model, trtllm-serve, or an endpoint).")
     baseline: VllmBaseline = Field(default_factory=VllmBaseline, description="The vLLM baseline.")
     workloads: list[Workload] = Field(default_factory=lambda: [Workload(name="unique")], description="Workloads.")
     criteria: list[Criterion] = Field(default_factory=list, description="Pass/fail criteria.")

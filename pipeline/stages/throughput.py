@@ -31,7 +31,8 @@ class ThroughputStage(Stage):
     code_version = 2  # 2: trials interleaved between candidate and baseline
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
-        return fields(loaded.recipe.gates.throughput, exclude={"enabled", "baseline.start_timeout_s"})
+        return fields(loaded.recipe.gates.throughput,
+                      exclude={"enabled", "baseline.start_timeout_s", "candidate.start_timeout_s"})
 
     def enabled(self, loaded: LoadedRecipe) -> bool:
         return loaded.recipe.gates.throughput.enabled
@@ -46,9 +47,11 @@ class ThroughputStage(Stage):
 
         r = ctx.recipe
         cfg = r.gates.throughput
-        if r.build.backend != "reference":
-            raise NotImplementedStageError("throughput", f"serving a '{r.build.backend}' candidate needs Triton's "
-                                           "TensorRT-LLM backend on a GPU host; not wired yet")
+        kind = candidate_kind(r)
+        if kind == "triton" and r.build.backend != "reference":  # also a recipe rule; kept for code-built recipes
+            raise NotImplementedStageError("throughput", f"serving a '{r.build.backend}' candidate through Triton "
+                                           "needs its TensorRT-LLM backend on a GPU host; not wired yet (use "
+                                           "trtllm-serve)")
         try:  # read before any server starts: a bad value fails here, not inside the candidate's model
             hooks = pacing_from_env()
         except ValueError as e:
@@ -60,7 +63,7 @@ class ThroughputStage(Stage):
         with contextlib.ExitStack() as stack:
             # the baseline first: vLLM takes a minute to start, and a failure there wastes nothing
             base_ep = stack.enter_context(self._baseline(ctx, source))
-            cand_ep = stack.enter_context(self._candidate(ctx))
+            cand_ep = stack.enter_context(self._candidate(ctx, kind, source))
             candidate, baseline, trials = self._sweep(ctx, cand_ep, base_ep, prompts)
         results = crit.evaluate(cfg.criteria, candidate, baseline)
         points = [*candidate.values(), *baseline.values()]
@@ -68,7 +71,7 @@ class ThroughputStage(Stage):
         report = {"passed": passed, "criteria": crit.to_json(results),
                   "points": [p.to_json() for p in points], "trials_output_tok_s": trials,
                   "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
-                  "workloads": [w.model_dump() for w in cfg.workloads],
+                  "workloads": [w.model_dump() for w in cfg.workloads], "candidate_server": kind,
                   # a planted fault or pacing in this process's environment reaches the candidate
                   "candidate_test_hooks": hooks.describe() if hooks.active else None}
         atomic.write_text(ctx.workdir / "throughput.json", json.dumps(report, indent=2, sort_keys=True))
@@ -113,7 +116,30 @@ class ThroughputStage(Stage):
         return medians["candidate"], medians["baseline"], per_trial
 
     @contextlib.contextmanager
-    def _candidate(self, ctx: StageContext) -> Iterator[Any]:
+    def _candidate(self, ctx: StageContext, kind: str, source: Path) -> Iterator[Any]:
+        from pipeline.bench.client import OpenAIEndpoint, TritonEndpoint
+
+        c = ctx.recipe.gates.throughput.candidate
+        bundle = Path(ctx.inputs["build"].outputs["bundle"])
+        if kind == "endpoint":
+            assert c.url and c.model  # noqa: S101 - a recipe rule guarantees both
+            endpoint = TritonEndpoint if c.protocol == "triton" else OpenAIEndpoint
+            yield endpoint(interpolate_string(c.url), c.model, name="candidate")
+            return
+        if kind == "trtllm-serve":
+            from pipeline.backends.trtllm_serve import TrtllmServe
+
+            with ctx.progress("starting trtllm-serve for the candidate"):
+                server = TrtllmServe.for_model(c, ctx.recipe, model=bundle, tokenizer=source,
+                                               log=ctx.workdir / "candidate-trtllm-serve.log").start()
+            try:
+                yield OpenAIEndpoint(server.url, server.served_name, name="candidate")
+            finally:
+                server.stop()
+            return
+        yield from self._triton_candidate(ctx, bundle)
+
+    def _triton_candidate(self, ctx: StageContext, bundle: Path) -> Iterator[Any]:
         from pipeline.bench.client import TritonEndpoint
         from pipeline.bundle import facts_for_target
         from pipeline.triton.publish import publish_bundle
@@ -124,7 +150,7 @@ class ThroughputStage(Stage):
         try:
             server = TritonServer(locate_tritonserver(None), log_path=ctx.workdir / "candidate-triton.log")
             with server.start(repo):
-                publish_bundle(Path(ctx.inputs["build"].outputs["bundle"]), repo, "candidate",
+                publish_bundle(bundle, repo, "candidate",
                                facts=facts_for_target("cpu"), server_url=server.http_url)
                 yield TritonEndpoint(server.http_url, "candidate", name="candidate")
         finally:
@@ -152,3 +178,10 @@ class ThroughputStage(Stage):
             yield OpenAIEndpoint(server.url, "baseline", name="baseline")
         finally:
             server.stop()
+
+
+def candidate_kind(recipe: Any) -> str:
+    kind = str(recipe.gates.throughput.candidate.kind)
+    if kind != "auto":
+        return kind
+    return "triton" if recipe.build.backend == "reference" else "trtllm-serve"

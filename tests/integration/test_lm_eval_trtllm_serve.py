@@ -98,3 +98,29 @@ def test_missing_trtllm_serve_is_one_line(served: dict[str, Any], tmp_path: Path
     with pytest.raises(ServiceError, match="not found"), endpoints.serve(
             "candidate", srv, r, source=served["source"], bundle=served["bundle"], workdir=tmp_path):
         pass
+
+
+def test_throughput_candidate_through_trtllm_serve(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a tensorrt build the throughput gate's candidate defaults to trtllm-serve: started with the
+    recorded flags on the engine, driven by the same streaming client as the vLLM baseline."""
+    import asyncio
+    import contextlib
+    from types import SimpleNamespace
+
+    from pipeline.bench.harness import run_point
+    from pipeline.stages.throughput import ThroughputStage, candidate_kind
+
+    r = served["recipe"].model_copy(deep=True)
+    r.gates.throughput.candidate.command = [sys.executable, str(STANDIN)]
+    assert candidate_kind(r) == "trtllm-serve"
+    argv_file = served["d"] / "tput-argv.json"
+    monkeypatch.setenv("TRTLLM_STANDIN_ARGV", str(argv_file))
+    ctx = SimpleNamespace(recipe=r, workdir=served["d"],
+                          inputs={"build": SimpleNamespace(outputs={"bundle": str(served["bundle"])})},
+                          progress=lambda *_a, **_k: contextlib.nullcontext())
+    with ThroughputStage()._candidate(ctx, "trtllm-serve", served["source"]) as ep:  # type: ignore[arg-type]
+        point = asyncio.run(run_point(ep, ["Input: apple\nOutput:"] * 4, output_len=8, concurrency=2,
+                                      workload="w", warmup=1, slo_ttft=2.0, slo_tpot=0.5))
+    assert point.failed == 0 and point.output_tokens == 4 * 8, point.to_json()
+    argv = json.loads(argv_file.read_text())
+    assert argv[0] == str(served["bundle"] / "engine") and argv[argv.index("--backend") + 1] == "tensorrt"

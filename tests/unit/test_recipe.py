@@ -316,3 +316,16 @@ def test_lm_eval_recipe_rules(tmp_path: Path) -> None:
     found = problems(write(tmp_path, mc))
     assert any("tasks[0].kind: kind 'multiple-choice' runs in-process" in p and "trtbuild_mc_facts" in p
                for p in found), found
+
+
+def test_throughput_candidate_rules(tmp_path: Path) -> None:
+    gpu = CPU_RECIPE.replace("gpu: cpu", "gpu: h100").replace("backend: reference", "backend: tensorrt")
+    ok = load_recipe(write(tmp_path, gpu), env={}).recipe
+    assert ok.gates.throughput.candidate.kind == "auto"  # trtllm-serve on this backend
+    found = problems(write(tmp_path, gpu + "gates:\n  throughput:\n    candidate: {kind: triton}\n"))
+    assert any("gates.throughput.candidate.kind: a tritonserver with the TensorRT-LLM backend" in p
+               for p in found), found
+    found = problems(write(tmp_path, gpu + "gates:\n  throughput:\n    candidate: {kind: endpoint, model: m}\n"))
+    assert any("gates.throughput.candidate.url: candidate kind 'endpoint' needs url" in p for p in found), found
+    found = problems(write(tmp_path, CPU_RECIPE + "gates:\n  throughput:\n    candidate: {kind: trtllm-serve}\n"))
+    assert any("trtllm-serve does not serve reference bundles" in p for p in found), found
