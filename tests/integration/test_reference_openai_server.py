@@ -17,7 +17,8 @@ import requests
 import torch
 
 from pipeline.backends.reference.openai_launch import ReferenceOpenAIServer
-from pipeline.backends.reference.openai_server import Engine, load_checkpoint, parse_request, top_dict
+from pipeline.backends.reference.openai_protocol import parse_request, top_dict
+from pipeline.backends.reference.openai_server import Engine, load_checkpoint
 from pipeline.backends.reference.runtime import ReferenceRuntime, SamplingParams
 from tests.tiny_model import make_model, make_tokenizer, save_tiny_checkpoint
 
