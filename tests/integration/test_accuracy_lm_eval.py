@@ -64,6 +64,21 @@ def test_good_fp8_build_passes_lm_eval_tasks(ran: dict[str, Any]) -> None:
     assert list((workdir / "lm-eval").rglob("samples_trtbuild_copy_*.jsonl"))
 
 
+def test_rerun_takes_the_baseline_from_cache(ran: dict[str, Any]) -> None:
+    """The baseline's outcomes depend only on the source, tasks and harness: a forced re-run of the
+    gate measures the candidate again and reads the baseline's, with the same verdict and numbers."""
+    assert ran["rc"] == 0, ran["stderr"][-3000:]
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", "run", str(ran["recipe"]), "--json",
+                        "--artifacts", str(ran["d"] / "artifacts"), "--from", "accuracy", "--until", "accuracy",
+                        "--force"], capture_output=True, text=True, cwd=ROOT, check=False, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "lm-eval baseline from cache" in r.stderr
+    again = {s["name"]: s for s in json.loads(r.stdout)["stages"]}["accuracy"]
+    first = json.loads(Path(ran["stages"]["accuracy"]["outputs"]["report"]).read_text())
+    second = json.loads(Path(again["outputs"]["report"]).read_text())
+    assert second["tasks"] == first["tasks"]
+
+
 def test_corrupted_scales_fail_through_lm_eval(ran: dict[str, Any]) -> None:
     assert ran["rc"] == 0, ran["stderr"][-3000:]
     d: Path = ran["d"]
