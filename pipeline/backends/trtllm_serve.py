@@ -16,23 +16,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 import requests
 
 from pipeline.bundle import load_bundle
 from pipeline.errors import ServiceError
-from pipeline.recipe.schema import Recipe
-from pipeline.util.net import free_port, wait_until
-from pipeline.util.proc import log_tail, stop_process_group
-
-
-class ServeOptions(Protocol):
-    """What a recipe says about a trtllm-serve it wants started (accuracy and throughput gates)."""
-
-    command: list[str]
-    extra_args: list[str]
-    start_timeout_s: int
+from pipeline.recipe.schema import Recipe, ServedBy
+from pipeline.util.net import free_port
+from pipeline.util.proc import start_server, stop_process_group
 
 
 @dataclass
@@ -55,7 +46,7 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def for_model(cls, srv: ServeOptions, recipe: Recipe, *, model: Path, tokenizer: Path,
+    def for_model(cls, srv: ServedBy, recipe: Recipe, *, model: Path, tokenizer: Path,
                   log: Path) -> TrtllmServe:
         """A built bundle (tensorrt engine or pytorch checkpoint) or a plain checkpoint (pytorch)."""
         b = recipe.build
@@ -92,21 +83,12 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
 
     def start(self) -> TrtllmServe:
         self.port = self.port or free_port()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self.log.open("ab") as out:
-                self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+            self.proc = start_server(self.argv(), self.log, ready=self._ready, timeout=self.start_timeout,
+                                     what=f"trtllm-serve on port {self.port}", interval=2.0)
         except FileNotFoundError:
             raise ServiceError(f"{self.command[0]} not found; run the accuracy gate where TensorRT-LLM is installed "
                                "or set gates.accuracy.lm_eval.candidate.command (e.g. a container run)") from None
-        try:
-            wait_until(self._ready, timeout=self.start_timeout, interval=2.0,
-                       what=f"trtllm-serve on port {self.port}",
-                       alive=lambda: self.proc is not None and self.proc.poll() is None)
-        except TimeoutError as e:
-            self.stop()
-            raise ServiceError(f"{e}; last log lines: {log_tail(self.log)} (log: {self.log})") from None
         return self
 
     def _ready(self) -> bool:

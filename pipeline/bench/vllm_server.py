@@ -17,8 +17,8 @@ from types import TracebackType
 import requests
 
 from pipeline.errors import ServiceError
-from pipeline.util.net import free_port, wait_until
-from pipeline.util.proc import log_tail, stop_process_group
+from pipeline.util.net import free_port
+from pipeline.util.proc import start_server, stop_process_group
 
 
 @dataclass
@@ -47,19 +47,11 @@ class VllmServer(AbstractContextManager["VllmServer"]):
     def start(self) -> VllmServer:
         if not Path(self.python).exists():
             raise ServiceError(f"vLLM interpreter {self.python} not found; install the baseline with "
-                               "`bash scripts/setup.sh --with-vllm` or set TRTBUILD_VLLM_PYTHON")
+                               "`bash scripts/setup.sh` (without --no-vllm) or set TRTBUILD_VLLM_PYTHON")
         self.port = self.port or free_port()
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-        try:
-            wait_until(self._ready, timeout=self.start_timeout, interval=1.0, what=f"vLLM on port {self.port}",
-                       alive=lambda: self.proc is not None and self.proc.poll() is None)
-        except TimeoutError as e:
-            self.stop()
-            raise ServiceError(f"{e}; last log lines: {log_tail(self.log)} (log: {self.log})") from None
+        self.proc = start_server(self.argv(), self.log, ready=self._ready, timeout=self.start_timeout,
+                                 what=f"vLLM on port {self.port}", env=env)
         return self
 
     def _ready(self) -> bool:

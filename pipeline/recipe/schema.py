@@ -201,18 +201,23 @@ class McTask(Strict):
     num_fewshot: int | None = Field(None, ge=0, description="lm-eval only: few-shot examples (default: the task's).")
 
 
-class LmEvalServer(Strict):
-    kind: Literal["auto", "reference", "vllm", "trtllm-serve", "endpoint"] = Field(
-        "auto", description="Who serves this side over OpenAI completions: auto (reference backend -> trtbuild's "
-        "reference server; otherwise trtllm-serve for the candidate and vLLM for the baseline), or an existing "
-        "endpoint.")
+class ServedBy(Strict):
+    """Where a gate reaches a model: an existing endpoint, or a trtllm-serve it starts."""
+
     url: str | None = Field(None, description="Base URL (http://host:port) for kind=endpoint.")
     model: str | None = Field(None, description="Served model name at kind=endpoint.")
-    python: str | None = Field(None, description="Interpreter for kind=vllm (default: the throughput baseline's).")
     command: list[str] = Field(default_factory=lambda: ["trtllm-serve"],
         description="argv prefix for kind=trtllm-serve, e.g. [docker, run, ..., IMAGE, trtllm-serve].")
     extra_args: list[str] = Field(default_factory=list, description="Extra server arguments.")
     start_timeout_s: Positive = Field(900, description="Give up if the server is not ready after this many seconds.")
+
+
+class LmEvalServer(ServedBy):
+    kind: Literal["auto", "reference", "vllm", "trtllm-serve", "endpoint"] = Field(
+        "auto", description="Who serves this side over OpenAI completions: auto (reference backend -> trtbuild's "
+        "reference server; otherwise trtllm-serve for the candidate and vLLM for the baseline), or an existing "
+        "endpoint.")
+    python: str | None = Field(None, description="Interpreter for kind=vllm (default: the throughput baseline's).")
 
 
 class LmEvalOptions(Strict):
@@ -287,17 +292,11 @@ class VllmBaseline(Strict):
     start_timeout_s: Positive = Field(300, description="Give up if vLLM is not ready after this many seconds.")
 
 
-class ThroughputCandidate(Strict):
+class ThroughputCandidate(ServedBy):
     kind: Literal["auto", "triton", "trtllm-serve", "endpoint"] = Field(
         "auto", description="What serves the candidate under load: auto (a private tritonserver for the reference "
         "backend, trtllm-serve for tensorrt/pytorch bundles), triton, trtllm-serve, or an existing endpoint.")
-    url: str | None = Field(None, description="Base URL (http://host:port) for kind=endpoint.")
     protocol: Literal["openai", "triton"] = Field("openai", description="How kind=endpoint is spoken to.")
-    model: str | None = Field(None, description="Model name served at kind=endpoint.")
-    command: list[str] = Field(default_factory=lambda: ["trtllm-serve"],
-        description="argv prefix for kind=trtllm-serve, e.g. [docker, run, ..., IMAGE, trtllm-serve].")
-    extra_args: list[str] = Field(default_factory=list, description="Extra trtllm-serve arguments.")
-    start_timeout_s: Positive = Field(900, description="Give up if trtllm-serve is not ready after this many seconds.")
 
 
 class Workload(Strict):

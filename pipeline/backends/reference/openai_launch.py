@@ -17,8 +17,8 @@ from types import TracebackType
 import requests
 
 from pipeline.errors import ServiceError
-from pipeline.util.net import free_port, wait_until
-from pipeline.util.proc import stop_process_group
+from pipeline.util.net import free_port
+from pipeline.util.proc import start_server, stop_process_group
 
 
 @dataclass
@@ -60,18 +60,8 @@ class ReferenceOpenAIServer(AbstractContextManager["ReferenceOpenAIServer"]):
         if not Path(self.python).exists():
             raise ServiceError(f"interpreter {self.python} not found")
         self.port = self.port or free_port()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            # its own session: stop() signals the whole group, and a Ctrl-C meant for us is not its
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, env=_env(),
-                                         start_new_session=True)
-        try:
-            wait_until(self._ready, timeout=self.start_timeout, interval=0.5,
-                       what=f"reference OpenAI server on port {self.port}",
-                       alive=lambda: self.proc is not None and self.proc.poll() is None)
-        except TimeoutError as e:
-            self.stop()
-            raise ServiceError(f"{e}; last log lines: {_tail(self.log)} (log: {self.log})") from None
+        self.proc = start_server(self.argv(), self.log, ready=self._ready, timeout=self.start_timeout,
+                                 what=f"reference OpenAI server on port {self.port}", interval=0.5, env=_env())
         return self
 
     def _ready(self) -> bool:
@@ -97,10 +87,3 @@ def _env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
-
-def _tail(log: Path, n: int = 3) -> str:
-    try:
-        lines = log.read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    return " | ".join(lines[-n:])
