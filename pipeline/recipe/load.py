@@ -261,7 +261,7 @@ def load_recipe(path: str | Path, *, env: dict[str, str] | None = None) -> Loade
     if problems.items:
         raise RecipeError(problems.items)
 
-    for loc, msg in rules.check(recipe):
+    for loc, msg in rules.check(recipe, p.parent):
         problems.add(_origin_for(origins, loc, top), loc, msg)
     if problems.items:
         raise RecipeError(problems.items)

@@ -5,13 +5,16 @@ Each rule returns (field path, message) so the loader can point at the offending
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.recipe.hardware import GPUS, sm_label
 from pipeline.recipe.schema import Recipe
 
 Problem = tuple[tuple[str | int, ...], str]
 
 
-def check(recipe: Recipe) -> list[Problem]:
+def check(recipe: Recipe, recipe_dir: Path | None = None) -> list[Problem]:
+    """`recipe_dir`: the recipe's directory, against which relative paths resolve (checked when given)."""
     problems: list[Problem] = []
     gpu = GPUS[recipe.target.gpu]
     q = recipe.quantize
@@ -79,7 +82,7 @@ def check(recipe: Recipe) -> list[Problem]:
         problems.append((("gates", "throughput", "baseline", "protocol"),
                          "a started vLLM baseline speaks openai; protocol triton is for kind 'endpoint'"))
 
-    problems += _accuracy_rules(recipe)
+    problems += _accuracy_rules(recipe, recipe_dir)
     names = [w.name for w in recipe.gates.throughput.workloads]
     if len(set(names)) != len(names):
         problems.append((("gates", "throughput", "workloads"), "workload names must be unique"))
@@ -103,7 +106,7 @@ def check(recipe: Recipe) -> list[Problem]:
     return problems
 
 
-def _accuracy_rules(recipe: Recipe) -> list[Problem]:
+def _accuracy_rules(recipe: Recipe, recipe_dir: Path | None) -> list[Problem]:
     acc = recipe.gates.accuracy
     if not acc.enabled:
         return []
@@ -127,6 +130,11 @@ def _accuracy_rules(recipe: Recipe) -> list[Problem]:
                     problems.append(((*at, "tasks", i, key), f"'{key}' applies to kind lm-eval only"))
     if not any(t.kind == "lm-eval" for t in acc.tasks):
         return problems
+    inc = acc.lm_eval.include_path
+    if inc is not None and recipe_dir is not None and not (recipe_dir / inc).is_dir():
+        problems.append(((*at, "lm_eval", "include_path"),
+                         f"{recipe_dir / inc} is not a directory; give the directory of your lm-eval task YAMLs "
+                         "(relative to the recipe), or leave it out for the shipped tasks"))
     for side in ("candidate", "baseline"):
         srv = getattr(acc.lm_eval, side)
         where = (*at, "lm_eval", side)

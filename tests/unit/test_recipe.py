@@ -311,6 +311,10 @@ def test_lm_eval_recipe_rules(tmp_path: Path) -> None:
     assert any("lm_eval.baseline.kind: the reference server runs on the CPU" in p for p in found), found
     found = with_acc("    lm_eval: {model_args: {base_url: 'http://x', add_bos_token: true}}\n")
     assert any("base_url set by trtbuild" in p for p in found), found
+    found = with_acc("    lm_eval: {include_path: no-such-dir}\n")
+    assert any("lm_eval.include_path:" in p and "no-such-dir is not a directory" in p for p in found), found
+    (tmp_path / "my-tasks").mkdir()
+    assert load_recipe(write(tmp_path, GPU_LM_EVAL + "    lm_eval: {include_path: my-tasks}\n"), env={})
     mc = GPU_LM_EVAL.replace("kind: lm-eval, data: gsm8k, metric: exact_match, filter: strict-match",
                              "kind: multiple-choice, data: 'builtin:mc-facts'")
     found = problems(write(tmp_path, mc))
