@@ -38,6 +38,8 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
     max_batch_size: int | None = None
     max_num_tokens: int | None = None
     max_seq_len: int | None = None
+    # explicit, so that the plan can size it: the KV cache's share of what is free after the weights
+    kv_cache_free_gpu_memory_fraction: float | None = None
     extra_args: list[str] = field(default_factory=list)
     log: Path = Path("trtllm-serve.log")
     start_timeout: float = 900.0
@@ -53,6 +55,7 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
         plain = cls(command=list(srv.command), model=model, backend="pytorch", tokenizer=tokenizer,
                     tp_size=recipe.target.tensor_parallel, pp_size=recipe.target.pipeline_parallel,
                     max_batch_size=b.max_batch_size, max_num_tokens=b.max_num_tokens, max_seq_len=b.max_seq_len,
+                    kv_cache_free_gpu_memory_fraction=srv.kv_cache_free_gpu_memory_fraction,
                     extra_args=list(srv.extra_args), log=log, start_timeout=float(srv.start_timeout_s))
         if not (model / "manifest.json").is_file():  # the unquantized source
             return plain
@@ -74,7 +77,8 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
         if self.tokenizer is not None:
             cmd += ["--tokenizer", str(self.tokenizer)]
         for flag, value in (("--max_batch_size", self.max_batch_size), ("--max_num_tokens", self.max_num_tokens),
-                            ("--max_seq_len", self.max_seq_len)):
+                            ("--max_seq_len", self.max_seq_len),
+                            ("--kv_cache_free_gpu_memory_fraction", self.kv_cache_free_gpu_memory_fraction)):
             if value is not None:
                 cmd += [flag, str(value)]
         if self.options is not None:

@@ -29,6 +29,8 @@ class VllmServer(AbstractContextManager["VllmServer"]):
     max_model_len: int = 2048
     dtype: str = "bfloat16"
     extra_args: list[str] = field(default_factory=list)
+    # GPU settings (pipeline/gpu/schedule.py vllm_gpu), always explicit on a GPU; [] on the CPU
+    gpu_args: list[str] = field(default_factory=list)
     log: Path = Path("vllm.log")
     start_timeout: float = 300.0
     port: int = 0
@@ -42,7 +44,7 @@ class VllmServer(AbstractContextManager["VllmServer"]):
         return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                 "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                 "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
-                *self.extra_args]
+                *self.gpu_args, *self.extra_args]
 
     def start(self) -> VllmServer:
         if not Path(self.python).exists():

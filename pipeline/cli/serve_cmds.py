@@ -52,6 +52,13 @@ def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: P
     out.human("tritonserver stopped")
 
 
+SWITCH = click.option(
+    "--switch", type=click.Choice(["side-by-side", "drain", "rolling"]), default="side-by-side", show_default=True,
+    help="side-by-side: the new version loads beside the serving one (no downtime; two must fit on the GPUs); "
+         "drain: unload the serving version first (downtime = load time); rolling: write the repository only "
+         "(replicas restart into it). `trtbuild plan RECIPE --explain DIR` says which a model needs.")
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--model", required=True, help="Triton model name.")
@@ -63,9 +70,10 @@ def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: P
               help="Bundle store the bundle was released to, recorded so rollback can fetch pruned versions "
                    "(default: $TRTBUILD_STORE).")
 @SERVER_REPO
+@SWITCH
 @common
 def publish(bundle: Path, model: str, repository: Path, server_url: str | None, keep: int, target: str | None,
-            store: str | None, server_repository: str | None, json_mode: bool) -> None:
+            store: str | None, server_repository: str | None, switch: str, json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
     from pipeline.triton.publish import publish_bundle
@@ -73,7 +81,7 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
     out = Output(json_mode=json_mode)
     facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
     res = publish_bundle(bundle, repository, model, facts=facts, keep=keep, server_url=server_url, store=store,
-                         server_repository=server_repository)
+                         server_repository=server_repository, switch=switch)
     out.result(res.to_json())
     out.human(f"published {model} version {res.version} (bundle {res.bundle_id[:12]})"
               + (" and switched the server" if res.switched else ""))
@@ -91,9 +99,11 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
                                          "release.model_name when it differs from publish.model_name).")
 @click.option("--triton/--no-triton", default=True, help="Change what Triton serves (default on).")
 @SERVER_REPO
+@SWITCH
 @common
 def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, registry: str | None,
-             registered_model: str | None, triton: bool, server_repository: str | None, json_mode: bool) -> None:
+             registered_model: str | None, triton: bool, server_repository: str | None, switch: str,
+             json_mode: bool) -> None:
     """Serve the previous (or --to) version of MODEL again, through load, ready and smoke.
 
     A version pruned from the repository is fetched back from the store it was published
@@ -113,7 +123,7 @@ def rollback(model: str, to_version: int | None, repository: Path, server_url: s
         from pipeline.triton.publish import rollback as do_rollback
 
         res = do_rollback(repository, model, server_url=server_url, to=to_version,
-                          server_repository=server_repository)
+                          server_repository=server_repository, switch=switch)
         result["triton"] = res.to_json()
         fetched = " (fetched from the store)" if res.fetched else ""
         out.human(f"{model}: serving version {res.version}{fetched} (was {res.previous})")

@@ -21,6 +21,17 @@ from pipeline.recipe.schema import LmEvalServer, Recipe
 Side = Literal["candidate", "baseline"]
 
 
+def vllm_gpu_args(recipe: Recipe, recipe_dir: Path, checkpoint: Path | None, *, quantized: bool) -> list[str]:
+    """vLLM's explicit TP and memory share for the source (or the quantized export) on this recipe's GPUs."""
+    from pipeline.gpu.schedule import vllm_gpu
+    from pipeline.gpu.sizing import recipe_size
+
+    if recipe.target.gpu == "cpu":
+        return []
+    size, _ = recipe_size(recipe, recipe_dir, quantized=quantized, checkpoint=checkpoint)
+    return vllm_gpu(recipe, size).args()
+
+
 def resolved_kind(side: Side, srv: LmEvalServer, backend: str) -> str:
     if srv.kind != "auto":
         return srv.kind
@@ -31,7 +42,7 @@ def resolved_kind(side: Side, srv: LmEvalServer, backend: str) -> str:
 
 @contextlib.contextmanager
 def serve(side: Side, srv: LmEvalServer, recipe: Recipe, *, source: Path, bundle: Path,
-          workdir: Path) -> Iterator[Endpoint]:
+          workdir: Path, recipe_dir: Path = Path()) -> Iterator[Endpoint]:
     """Start (or name) the endpoint of one side; stopped on exit. Prompts are tokenized with the source's
     tokenizer on both sides, so token ids are identical."""
     kind = resolved_kind(side, srv, recipe.build.backend)
@@ -58,7 +69,9 @@ def serve(side: Side, srv: LmEvalServer, recipe: Recipe, *, source: Path, bundle
 
         python = interpolate_string(srv.python or recipe.gates.throughput.baseline.python)
         with VllmServer(python=python, model_dir=source, served_name=side, max_model_len=recipe.build.max_seq_len,
-                        extra_args=list(srv.extra_args), log=log, start_timeout=srv.start_timeout_s) as vllm:
+                        extra_args=list(srv.extra_args),
+                        gpu_args=vllm_gpu_args(recipe, recipe_dir, source, quantized=False), log=log,
+                        start_timeout=srv.start_timeout_s) as vllm:
             yield Endpoint(vllm.url, side, source)
         return
     from pipeline.backends.trtllm_serve import TrtllmServe

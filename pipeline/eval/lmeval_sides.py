@@ -52,7 +52,8 @@ def measure(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
             what = f"starting {kind} server" if kind != "endpoint" else f"endpoint {srv.url}"
             with ctx.progress(f"lm-eval {side}: {what}"):
                 endpoint = stack.enter_context(endpoints.serve(side, srv, r, source=source, bundle=bundle,
-                                                               workdir=ctx.workdir))
+                                                               workdir=ctx.workdir,
+                                                               recipe_dir=ctx.loaded.path.parent))
             with ctx.progress(f"lm-eval {side}: {', '.join(t.task for t in tasks)}"):
                 sides[side] = lmeval.run_side(settings, tasks, endpoint, out, label=side)
         if cached is not None:

@@ -41,6 +41,10 @@ class ModelState(Strict):
     digest: str | None = Field(None, description="Bundle digest, sha256:<64 hex> (a pin).")
     keep_versions: Positive = Field(3, description="Version directories kept in the repository.")
     instances: Positive = Field(1, description="Triton model instances (first publish of the model).")
+    switch: Literal["side-by-side", "drain", "rolling"] = Field(
+        "side-by-side", description="How a new version replaces the serving one: side-by-side (no downtime; two "
+        "versions must fit on the GPUs), drain (unload first; downtime = load time), rolling (write the "
+        "repository only; replicas restart into it). `trtbuild plan RECIPE --explain` says which a model needs.")
 
     @field_validator("digest")
     @classmethod

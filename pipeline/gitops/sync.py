@@ -159,17 +159,19 @@ class LocalRepo:
 
         return ModelDir(self.root / model).version_of(bundle_id)
 
-    def switch(self, model: str, version: int, url: str | None, timeout: float) -> dict[str, float]:
+    def switch(self, model: str, version: int, url: str | None, timeout: float,
+               strategy: str = "side-by-side") -> dict[str, float]:
         from pipeline.triton.publish import rollback
 
-        return rollback(self.root, model, server_url=url, to=version, load_timeout=timeout).seconds
+        return rollback(self.root, model, server_url=url, to=version, load_timeout=timeout,
+                        switch=strategy).seconds
 
     def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
                 timeout: float) -> tuple[int, dict[str, float]]:
         from pipeline.triton.publish import publish_bundle
 
         pub = publish_bundle(bundle_dir, self.root, model, facts=facts, keep=m.keep_versions, server_url=url,
-                             load_timeout=timeout, instances=m.instances)
+                             load_timeout=timeout, instances=m.instances, switch=m.switch)
         return pub.version, pub.seconds
 
 
@@ -191,18 +193,33 @@ class S3Repo:
     def version_of(self, model: str, bundle_id: str) -> int | None:
         return self.repo.version_of(model, bundle_id)
 
-    def switch(self, model: str, version: int, url: str | None, timeout: float) -> dict[str, float]:
+    def switch(self, model: str, version: int, url: str | None, timeout: float,
+               strategy: str = "side-by-side") -> dict[str, float]:
         from pipeline.triton.s3_repository import switch_s3
 
-        return switch_s3(self.repo, model, version, server_url=url, load_timeout=timeout)
+        _no_drain(strategy)
+        # rolling: replicas restart into the new policy; nothing is loaded through the API
+        return switch_s3(self.repo, model, version, server_url=None if strategy == "rolling" else url,
+                         load_timeout=timeout)
 
     def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
                 timeout: float) -> tuple[int, dict[str, float]]:
         from pipeline.triton.s3_repository import publish_bundle_s3
 
+        _no_drain(m.switch)
+        url = None if m.switch == "rolling" else url
         pub = publish_bundle_s3(bundle_dir, self.repo, model, facts=facts, keep=m.keep_versions, server_url=url,
                                 load_timeout=timeout, instances=m.instances)
         return pub.version, pub.seconds
+
+
+def _no_drain(strategy: str) -> None:
+    if strategy == "drain":
+        from pipeline.errors import ServiceError
+
+        raise ServiceError("switch 'drain' unloads a model through one server's API; an s3:// repository is "
+                           "served by replicas that poll it: use switch 'rolling' (or side-by-side if two "
+                           "versions fit)")
 
 
 def open_repo(repository: str) -> LocalRepo | S3Repo:
@@ -251,7 +268,7 @@ def _sync_model(ms: ModelSync, state: DesiredState, name: str, m: ModelState, re
     elif on_disk is not None:
         ms.action = "switch"  # the rollback path: that bundle is already a version here
         if not dry_run:
-            ms.seconds = repo.switch(name, on_disk, url, load_timeout)
+            ms.seconds = repo.switch(name, on_disk, url, load_timeout, m.switch)
     else:
         ms.action = "publish"
         if not dry_run:

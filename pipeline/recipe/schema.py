@@ -210,6 +210,9 @@ class ServedBy(Strict):
         description="argv prefix for kind=trtllm-serve, e.g. [docker, run, ..., IMAGE, trtllm-serve].")
     extra_args: list[str] = Field(default_factory=list, description="Extra server arguments.")
     start_timeout_s: Positive = Field(900, description="Give up if the server is not ready after this many seconds.")
+    kv_cache_free_gpu_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="trtllm-serve --kv_cache_free_gpu_memory_fraction: share of the GPU memory "
+        "free after the weights that the KV cache takes; passed explicitly so that `plan --explain` can size it.")
 
 
 class LmEvalServer(ServedBy):
@@ -290,6 +293,12 @@ class VllmBaseline(Strict):
     )
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
     start_timeout_s: Positive = Field(300, description="Give up if vLLM is not ready after this many seconds.")
+    tensor_parallel: Positive | None = Field(
+        None, description="vLLM --tensor-parallel-size; default: the smallest that holds the served checkpoint "
+        "(e.g. 2 for a bf16 70B on 80 GiB GPUs). Also used by an lm-eval vLLM baseline.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization, passed explicitly: vLLM reserves this share of "
+        "every GPU it uses at start. Also used by an lm-eval vLLM baseline.")
 
 
 class ThroughputCandidate(ServedBy):
@@ -340,6 +349,11 @@ class ThroughputGate(Strict):
     trials: Positive = Field(1, description="Repeated trials per point (the median is used).")
     slo_ttft_s: float = Field(2.0, gt=0, description="TTFT SLO for goodput.")
     slo_tpot_s: float = Field(0.5, gt=0, description="TPOT SLO for goodput.")
+    schedule: Literal["auto", "together", "sequential"] = Field(
+        "auto", description="When the candidate and baseline servers run: together (both up, trials alternate) or "
+        "sequential (the baseline's sweep, then the candidate's, each with the GPUs to itself). auto: together on "
+        "the CPU, sequential on GPUs (two servers with default memory fractions cannot share a GPU). together on "
+        "GPUs is refused unless `plan --explain` shows both fit.")
 
 
 class Gates(Strict):
@@ -392,6 +406,15 @@ class Publish(Strict):
     load_timeout_s: Positive = Field(300, description="Give up loading a version after this many seconds.")
     smoke_prompt: str = Field("The capital of France is", description="Prompt of the smoke generation.")
     instances: Positive = Field(1, description="Model instances (reference backend) per server.")
+    switch: Literal["auto", "side-by-side", "drain", "rolling"] = Field(
+        "auto", description="How a new version replaces the serving one on GPUs. side-by-side: loaded beside it, "
+        "no downtime, needs two versions to fit (the KV fraction is set so they do); drain: the old version is "
+        "unloaded first (downtime = the new version's load time); rolling: publish writes the repository only and "
+        "replicas are replaced one at a time by the orchestrator. auto: side-by-side when two versions fit, else "
+        "drain (a directory repository) or rolling (an s3:// repository). `plan --explain` shows the choice.")
+    kv_cache_free_gpu_mem_fraction: float | None = Field(
+        None, gt=0, le=1, description="Triton tensorrt_llm kv_cache_free_gpu_mem_fraction (or the llmapi model's "
+        "kv_cache_config.free_gpu_memory_fraction); default: what the switch strategy needs (0.9 alone).")
 
 
 # --------------------------------------------------------------------------- recipe

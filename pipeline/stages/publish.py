@@ -8,6 +8,7 @@ from typing import Any
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
+from pipeline.triton.render import ServingOptions
 
 
 def runtime_facts(loaded: LoadedRecipe) -> Any:
@@ -15,6 +16,15 @@ def runtime_facts(loaded: LoadedRecipe) -> Any:
     from pipeline.bundle import detect_runtime, facts_for_target
 
     return detect_runtime() or facts_for_target("cpu")
+
+
+def switch_plan_of(loaded: LoadedRecipe) -> Any:
+    """The switch strategy and KV fraction for this recipe's model (pipeline/gpu/schedule.py)."""
+    from pipeline.gpu.schedule import switch_plan
+    from pipeline.gpu.sizing import recipe_size
+
+    size, _ = recipe_size(loaded.recipe, loaded.path.parent, quantized=True)
+    return switch_plan(loaded.recipe, size)
 
 
 class PublishStage(Stage):
@@ -68,16 +78,28 @@ class PublishStage(Stage):
 
         p = ctx.recipe.publish
         bundle = Path(ctx.inputs["build"].outputs["bundle"])
+        plan = switch_plan_of(ctx.loaded)
+        ctx.reporter.info(f"switch: {plan.strategy} ({plan.reason})")
         kwargs: dict[str, Any] = {
             "facts": runtime_facts(ctx.loaded), "keep": p.keep_versions, "server_url": p.server_url or None,
             "load_timeout": p.load_timeout_s, "smoke_prompt": p.smoke_prompt, "instances": p.instances}
+        options = ServingOptions(instances=p.instances, kv_cache_free_gpu_mem_fraction=(
+            plan.kv_cache_free_gpu_mem_fraction if ctx.recipe.build.backend != "reference" else None))
         if p.repository.startswith("s3://"):
+            if plan.strategy == "drain":
+                from pipeline.errors import StageError
+
+                raise StageError("publish", "switch 'drain' needs a directory repository with one server; an "
+                                 "s3:// repository is served by replicas: set publish.switch to rolling")
+            if plan.strategy == "rolling":
+                kwargs["server_url"] = None  # replicas restart into the new version; nothing is loaded here
             published = publish_bundle_s3(bundle, S3ModelRepository(p.repository), ctx.recipe.triton_model_name,
                                           **kwargs)
         else:
             # the store lets a later rollback bring back a version pruned from the repository
             published = publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs,
-                                       store=ctx.recipe.release.store if ctx.recipe.release.enabled else None)
+                                       store=ctx.recipe.release.store if ctx.recipe.release.enabled else None,
+                                       options=options, switch=plan.strategy)
         ctx.reporter.info(f"published {published.model} version {published.version} "
                           f"(bundle {published.bundle_id[:12]}) into {published.repository}")
         self._record_deployment(ctx, f"{published.repository}/{published.model}@v{published.version}")

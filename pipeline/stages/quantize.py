@@ -14,7 +14,15 @@ EXPORTS = {"tensorrt": {"trtllm"}, "pytorch": {"unified"}, "reference": {"unifie
 
 
 def exports_for(loaded: LoadedRecipe) -> set[str]:
-    return set(EXPORTS[loaded.recipe.build.backend])
+    """What the backend consumes, plus the unified checkpoint when a vLLM baseline serves the
+    quantized model (`gates.throughput.baseline.checkpoint: quantized`): vLLM reads ModelOpt's
+    unified HF export, never a TensorRT-LLM checkpoint."""
+    r = loaded.recipe
+    out = set(EXPORTS[r.build.backend])
+    base = r.gates.throughput.baseline
+    if r.gates.throughput.enabled and base.kind == "vllm" and base.checkpoint == "quantized":
+        out.add("unified")
+    return out
 
 
 class QuantizeStage(Stage):

@@ -1,11 +1,14 @@
 """throughput: the served candidate against a vLLM baseline on the same workload and client.
 
 The candidate is served by a private tritonserver (the bundle published into a temporary
-repository); the baseline is vLLM started on loopback from its own interpreter, or an existing
-endpoint (OpenAI or Triton protocol). Both are up for the whole sweep and measured one at a time,
-never together, with the same prompts. Trials alternate between them (candidate first in even
-trials, baseline first in odd ones), so a change in the machine's load during the run lands on
-both sides instead of on whichever was measured second; each side's median trial is compared.
+repository) or trtllm-serve; the baseline is vLLM started on loopback from its own interpreter,
+or an existing endpoint (OpenAI or Triton protocol). Each point is measured on one side at a
+time, with the same prompts, and each side's median trial is compared.
+
+When the servers run is the schedule (pipeline/gpu/schedule.py): `together` (the CPU) keeps both
+up and alternates trials (candidate first in even trials, baseline first in odd ones), so a
+change in the machine's load lands on both sides; `sequential` (GPUs, where vLLM and TensorRT-LLM
+each take most of a GPU's memory) runs the baseline's whole sweep, stops it, then the candidate's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pipeline.util import atomic
 class ThroughputStage(Stage):
     name = "throughput"
     inputs = ("fetch", "quantize", "build")
-    code_version = 2  # 2: trials interleaved between candidate and baseline
+    code_version = 3  # 2: trials interleaved between candidate and baseline; 3: GPU schedule, explicit fractions
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.gates.throughput,
@@ -60,11 +63,15 @@ class ThroughputStage(Stage):
         tok = AutoTokenizer.from_pretrained(source)
         prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
                                         prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
-        with contextlib.ExitStack() as stack:
-            # the baseline first: vLLM takes a minute to start, and a failure there wastes nothing
-            base_ep = stack.enter_context(self._baseline(ctx, source))
-            cand_ep = stack.enter_context(self._candidate(ctx, kind, source))
-            candidate, baseline, trials = self._sweep(ctx, cand_ep, base_ep, prompts)
+        from pipeline.gpu.schedule import throughput_servers
+
+        servers = throughput_servers(r, ctx.loaded.path.parent, checkpoint=source)
+        if servers.problems:
+            raise StageError("throughput", "; ".join(servers.problems),
+                             hint="see `trtbuild plan RECIPE --explain DIR`")
+        ctx.reporter.info(f"throughput schedule: {servers.schedule} ({servers.reason})")
+        medians, trials = self._measure(ctx, kind, source, servers.schedule, servers.vllm.args(), prompts)
+        candidate, baseline = medians["candidate"], medians["baseline"]
         results = crit.evaluate(cfg.criteria, candidate, baseline)
         points = [*candidate.values(), *baseline.values()]
         passed = all(x.passed for x in results)
@@ -72,6 +79,7 @@ class ThroughputStage(Stage):
                   "points": [p.to_json() for p in points], "trials_output_tok_s": trials,
                   "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
                   "workloads": [w.model_dump() for w in cfg.workloads], "candidate_server": kind,
+                  "schedule": {"mode": servers.schedule, "reason": servers.reason},
                   # a planted fault or pacing in this process's environment reaches the candidate
                   "candidate_test_hooks": hooks.describe() if hooks.active else None}
         atomic.write_text(ctx.workdir / "throughput.json", json.dumps(report, indent=2, sort_keys=True))
@@ -88,23 +96,41 @@ class ThroughputStage(Stage):
                            summary={"failed": [x.line() for x in results if not x.passed], "metrics": metrics},
                            passed=passed)
 
-    def _sweep(self, ctx: StageContext, candidate: Any, baseline: Any,
-               prompts: dict[str, Any]) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], Any],
-                                                 dict[str, dict[str, list[float]]]]:
-        """Every (workload, concurrency) point on both endpoints, trials interleaved; median trials."""
+    def _measure(self, ctx: StageContext, kind: str, source: Path, schedule: str, vllm_args: list[str],
+                 prompts: dict[str, Any]) -> tuple[dict[str, dict[tuple[str, int], Any]],
+                                                   dict[str, dict[str, list[float]]]]:
+        """Start the servers as the schedule says and sweep them."""
+        if schedule == "together":
+            with contextlib.ExitStack() as stack:
+                # the baseline first: vLLM takes a minute to start, and a failure there wastes nothing
+                base_ep = stack.enter_context(self._baseline(ctx, source, vllm_args))
+                cand_ep = stack.enter_context(self._candidate(ctx, kind, source))
+                return self._sweep(ctx, [("candidate", cand_ep), ("baseline", base_ep)], prompts)
+        # one server at a time on the GPUs: the baseline's sweep, stopped, then the candidate's
+        with self._baseline(ctx, source, vllm_args) as base_ep:
+            medians, trials = self._sweep(ctx, [("baseline", base_ep)], prompts)
+        with self._candidate(ctx, kind, source) as cand_ep:
+            more, more_trials = self._sweep(ctx, [("candidate", cand_ep)], prompts)
+        return {**medians, **more}, {**trials, **more_trials}
+
+    def _sweep(self, ctx: StageContext, sides: list[tuple[str, Any]], prompts: dict[str, Any]
+               ) -> tuple[dict[str, dict[tuple[str, int], Any]], dict[str, dict[str, list[float]]]]:
+        """Every (workload, concurrency) point on each side's endpoint, trials alternating between the
+        sides when there are two; the median trial per side and point, and every trial's tok/s."""
         from pipeline.bench.harness import median_point, run_point
 
         cfg = ctx.recipe.gates.throughput
-        medians: dict[str, dict[tuple[str, int], Any]] = {"candidate": {}, "baseline": {}}
-        per_trial: dict[str, dict[str, list[float]]] = {"candidate": {}, "baseline": {}}
-        total = 2 * sum(len(w.concurrency) * cfg.trials for w in cfg.workloads)
-        with ctx.progress("load on candidate and baseline, alternating", total=total) as bar:
+        names = [side for side, _ in sides]
+        medians: dict[str, dict[tuple[str, int], Any]] = {side: {} for side in names}
+        per_trial: dict[str, dict[str, list[float]]] = {side: {} for side in names}
+        total = len(sides) * sum(len(w.concurrency) * cfg.trials for w in cfg.workloads)
+        what = "load on candidate and baseline, alternating" if len(sides) > 1 else f"load on the {names[0]}"
+        with ctx.progress(what, total=total) as bar:
             for w in cfg.workloads:
                 for c in w.concurrency:
-                    trials: dict[str, list[Any]] = {"candidate": [], "baseline": []}
+                    trials: dict[str, list[Any]] = {side: [] for side in names}
                     for t in range(cfg.trials):
-                        order = [("candidate", candidate), ("baseline", baseline)]
-                        for side, endpoint in order if t % 2 == 0 else order[::-1]:
+                        for side, endpoint in sides if t % 2 == 0 else sides[::-1]:
                             trials[side].append(asyncio.run(run_point(
                                 endpoint, prompts[w.name].texts, output_len=w.output_len, concurrency=c,
                                 workload=w.name, warmup=cfg.warmup_requests, slo_ttft=cfg.slo_ttft_s,
@@ -113,7 +139,7 @@ class ThroughputStage(Stage):
                     for side, points in trials.items():
                         medians[side][(w.name, c)] = median_point(points)
                         per_trial[side][f"{w.name}@{c}"] = [p.output_tok_s for p in points]
-        return medians["candidate"], medians["baseline"], per_trial
+        return medians, per_trial
 
     @contextlib.contextmanager
     def _candidate(self, ctx: StageContext, kind: str, source: Path) -> Iterator[Any]:
@@ -157,7 +183,7 @@ class ThroughputStage(Stage):
             shutil.rmtree(repo, ignore_errors=True)
 
     @contextlib.contextmanager
-    def _baseline(self, ctx: StageContext, source: Path) -> Iterator[Any]:
+    def _baseline(self, ctx: StageContext, source: Path, gpu_args: list[str]) -> Iterator[Any]:
         from pipeline.bench.client import OpenAIEndpoint, TritonEndpoint
         from pipeline.bench.vllm_server import VllmServer
 
@@ -172,7 +198,7 @@ class ThroughputStage(Stage):
         python = interpolate_string(b.python)
         with ctx.progress("starting vLLM baseline (about a minute on CPU)"):
             server = VllmServer(python=python, model_dir=model_dir, max_model_len=ctx.recipe.build.max_seq_len,
-                                extra_args=list(b.extra_args), log=ctx.workdir / "vllm.log",
+                                extra_args=list(b.extra_args), gpu_args=gpu_args, log=ctx.workdir / "vllm.log",
                                 start_timeout=b.start_timeout_s).start()
         try:
             yield OpenAIEndpoint(server.url, "baseline", name="baseline")

@@ -122,6 +122,15 @@ class ModelControl:
         return sorted(s.version for s in self.index()
                       if s.name == name and s.state == "READY" and s.version is not None)
 
+    def wait_unloaded(self, name: str, *, timeout: float, interval: float = 0.05) -> float:
+        """Poll until no version of `name` is READY (its GPU memory is being freed); seconds waited."""
+        t0 = time.monotonic()
+        while self.ready_versions(name):
+            if time.monotonic() - t0 >= timeout:
+                raise ServiceError(f"model {name} still READY {timeout:g}s after its unload")
+            time.sleep(interval)
+        return time.monotonic() - t0
+
     def wait_ready(self, name: str, version: int | None = None, *, timeout: float,
                    interval: float = 0.05) -> float:
         """Poll until ready; returns the seconds waited. Raises ServiceError on timeout."""

@@ -99,6 +99,9 @@ def model_yaml(bundle: Bundle, *, checkpoint: str, options: ServingOptions) -> d
                            "pipeline_parallel_size": int(llm.pop("pipeline_parallel_size", 1))}
     llm.pop("backend", None)
     out.update(llm)
+    if options.kv_cache_free_gpu_mem_fraction is not None:  # the switch plan's share, not the build's
+        out["kv_cache_config"] = {**(out.get("kv_cache_config") or {}),
+                                  "free_gpu_memory_fraction": options.kv_cache_free_gpu_mem_fraction}
     out["triton_config"] = {"max_batch_size": TRITON_MAX_BATCH_SIZE, "decoupled": options.decoupled,
                             "cancellation_check_period_ms": options.cancellation_check_period_ms}
     return out

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from pipeline.triton.repository import (
     remove_version,
     version_composing,
 )
+
+SWITCHES = ("side-by-side", "drain", "rolling")
 
 
 @dataclass
@@ -129,12 +132,15 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
                    server_url: str | None = None, load_timeout: float = 300.0,
                    smoke_prompt: str = "The capital of France is", instances: int = 1,
                    store: str | None = None, server_repository: str | None = None,
-                   options: ServingOptions | None = None) -> Published:
+                   options: ServingOptions | None = None, switch: str = "side-by-side") -> Published:
     """Publish `bundle_dir` as the next version of `model`.
 
     `store`: the bundle store URI the bundle was released to, recorded so rollback can fetch the
     version after it was pruned. `server_repository`: the repository's path as the server sees it
     (a container mount), used in rendered paths; default: `repository`'s absolute path.
+    `switch` (pipeline/gpu/schedule.py picks it): side-by-side loads the new version beside the
+    serving one; drain unloads the serving one first (for models of which two copies do not fit
+    on the GPUs); rolling writes the repository only (replicas restart into it one at a time).
     """
     bundle = load_bundle(bundle_dir)  # every file's sha256, before anything is written
     check_compatible(bundle, facts)
@@ -152,7 +158,7 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
         materialize_version(md, bundle, version, server_repository=server_repository,
                             options=options or ServingOptions(instances=instances))
     try:
-        seconds = _serve(md, version, server_url, load_timeout, smoke_prompt, bundle.backend)
+        seconds = _serve(md, version, server_url, load_timeout, smoke_prompt, bundle.backend, switch=switch)
     except BaseException:
         if created:
             remove_version(md, version)
@@ -175,9 +181,11 @@ def _absolute_store(store: str | None) -> str | None:
 
 
 def _serve(md: ModelDir, version: int, server_url: str | None, timeout: float, prompt: str,
-           backend: str) -> dict[str, float]:
+           backend: str, *, switch: str = "side-by-side") -> dict[str, float]:
     """Make `version` the served one: config only, or through the server (first load or switch)."""
-    if not server_url:
+    if switch not in SWITCHES:
+        raise ServiceError(f"unknown switch strategy '{switch}'; known: {', '.join(SWITCHES)}")
+    if not server_url or switch == "rolling":
         install_config(md, version)
         return {}
     from pipeline.triton.control import ModelControl
@@ -197,6 +205,13 @@ def _serve(md: ModelDir, version: int, server_url: str | None, timeout: float, p
             raise
         return {}
     old_parts = composing_models(md.config_path.read_text())
+    drained_at = None
+    if switch == "drain":
+        # two copies do not fit on the GPUs: free them first; from here until the new version is
+        # ready this server answers nothing for the model (the downtime the plan states)
+        drained_at = time.monotonic()
+        _unload(control, [md.name, *[n for n in old_parts if n not in new_parts]])
+        control.wait_unloaded(md.name, timeout=timeout)
     try:
         result = switch_version(control, md.root.parent, md.name, version, timeout=timeout, smoke=smoke)
     except BaseException:
@@ -204,8 +219,11 @@ def _serve(md: ModelDir, version: int, server_url: str | None, timeout: float, p
         raise
     # the previous ensemble is gone; what it routed through is not unloaded by Triton itself
     _unload(control, [n for n in old_parts if n not in new_parts])
-    return {"load": result.load_s, "ready": result.ready_s, "smoke": result.smoke_s,
-            "total": result.total_s, "overhead": result.overhead_s}
+    out = {"load": result.load_s, "ready": result.ready_s, "smoke": result.smoke_s,
+           "total": result.total_s, "overhead": result.overhead_s}
+    if drained_at is not None:
+        out["downtime"] = round(time.monotonic() - drained_at - result.smoke_s, 3)
+    return out
 
 
 def _unload(control: Any, names: list[str]) -> None:
@@ -216,8 +234,9 @@ def _unload(control: Any, names: list[str]) -> None:
 
 def rollback(repository: Path, model: str, *, server_url: str | None, to: int | None = None,
              load_timeout: float = 300.0, smoke_prompt: str = "The capital of France is",
-             server_repository: str | None = None) -> Published:
-    """Serve the previous (or the given) version again, through the same load/ready/smoke path.
+             server_repository: str | None = None, switch: str = "side-by-side") -> Published:
+    """Serve the previous (or the given) version again, through the same load/ready/smoke path
+    and the same switch strategy as publish.
 
     A version no longer on disk is fetched from the store recorded in history.json (sha256 of
     every file verified) and re-materialized under its number; if that or the switch fails, the
@@ -239,7 +258,7 @@ def rollback(repository: Path, model: str, *, server_url: str | None, to: int | 
     try:
         if server_url:
             require_backend(server_url, backend, timeout=min(load_timeout, 60.0))
-        seconds = _serve(md, to, server_url, load_timeout, smoke_prompt, backend)
+        seconds = _serve(md, to, server_url, load_timeout, smoke_prompt, backend, switch=switch)
     except BaseException:
         if fetched:
             remove_version(md, to)

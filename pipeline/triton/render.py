@@ -45,6 +45,7 @@ UPSTREAM_MODEL_PY = {
     "llmapi": "llmapi/tensorrt_llm/1",
 }
 ENGINE_GPT_MODEL_TYPE = "inflight_fused_batching"
+DEFAULT_KV_FRACTION = 0.9
 EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"  # upstream literal
 
 REFERENCE_SHIM = '''"""Written by trtbuild: the reference backend's Triton python model."""
@@ -81,7 +82,9 @@ class RenderError(TrtbuildError):
 class ServingOptions:
     """Serving settings that are not in the bundle (the runtime's, not the build's)."""
 
-    kv_cache_free_gpu_mem_fraction: float = 0.9
+    # None: 0.9 for an engine, the bundle's own LLM API value for a pytorch bundle; publish sets it
+    # from the switch plan (pipeline/gpu/schedule.py) so that two versions fit when they must
+    kv_cache_free_gpu_mem_fraction: float | None = None
     enable_kv_cache_reuse: bool = True
     batch_scheduler_policy: str = "guaranteed_no_evict"  # or max_utilization
     decoupled: bool = True  # streaming responses
@@ -190,7 +193,7 @@ def render_inflight_batcher(model: str, bundle: Bundle, version: int, *, version
             "gpt_model_type": ENGINE_GPT_MODEL_TYPE,
             "gpt_model_path": engine,
             "batch_scheduler_policy": o.batch_scheduler_policy,
-            "kv_cache_free_gpu_mem_fraction": o.kv_cache_free_gpu_mem_fraction,
+            "kv_cache_free_gpu_mem_fraction": o.kv_cache_free_gpu_mem_fraction or DEFAULT_KV_FRACTION,
             "exclude_input_in_output": o.exclude_input_in_output,
             "cancellation_check_period_ms": o.cancellation_check_period_ms,
             "stats_check_period_ms": o.stats_check_period_ms,

@@ -1,0 +1,1 @@
+"""GPU memory: how big each model process is, what may run at once, and how versions switch."""
