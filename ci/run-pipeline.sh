@@ -3,6 +3,7 @@
 #
 #   ci/run-pipeline.sh validate                 every recipe under recipes/
 #   ci/run-pipeline.sh plan REF [--matrix]      recipes changed since REF; --matrix: GitHub matrix JSON on stdout
+#   ci/run-pipeline.sh explain REF DIR          plan --explain of each recipe changed since REF into DIR/<name>
 #   ci/run-pipeline.sh run RECIPE               fetch .. release; gate reports into $CI_SUMMARY_FILE
 #   ci/run-pipeline.sh sync FILE [--dry-run]    reconcile a Triton repository to deploy/<env>.yaml
 #
@@ -19,7 +20,7 @@ ARTIFACTS=${TRTBUILD_ARTIFACTS:-artifacts}
 SUMMARY=${CI_SUMMARY_FILE:-${GITHUB_STEP_SUMMARY:-/dev/null}}
 
 usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -53,6 +54,30 @@ case "$cmd" in
     else
       "$TRTBUILD" plan --changed-since "$ref" --json
     fi
+    ;;
+  explain)
+    ref=${1:-}
+    dir=${2:-}
+    { [ -n "$ref" ] && [ -n "$dir" ]; } || usage
+    mkdir -p "$dir"
+    rc=0
+    while IFS=$'\t' read -r recipe name; do
+      [ -n "$recipe" ] || continue
+      out=0
+      "$TRTBUILD" plan "$recipe" --explain "$dir/$name" > /dev/null 2> "$dir/$name.log" || out=$?
+      [ "$out" = 0 ] || rc=$out
+      {
+        echo "## \`$recipe\`: plan --explain (exit $out)"
+        echo '```'
+        cat "$dir/$name.log"
+        echo '```'
+      } >> "$SUMMARY"
+    done < <("$TRTBUILD" plan --changed-since "$ref" --json | "$PYTHON" -c '
+import json, sys
+for p in json.load(sys.stdin).get("planned", []):
+    print(p["recipe"] + "\t" + p["name"])
+')
+    exit "$rc"
     ;;
   run)
     recipe=${1:-}

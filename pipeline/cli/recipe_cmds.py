@@ -35,6 +35,12 @@ def validate(recipes: tuple[Path, ...], json_mode: bool) -> None:
             problems.extend(e.problems)
             report.append({"recipe": str(path), "ok": False, "problems": e.problems})
             continue
+        # the checks of `plan --explain` (GPU memory per phase, upstream records), files rendered and dropped
+        plan_problems = _explain_problems(loaded)
+        if plan_problems:
+            problems.extend(plan_problems)
+            report.append({"recipe": str(path), "ok": False, "problems": plan_problems})
+            continue
         warnings = []
         src = loaded.recipe.source
         if src.revision is not None and not COMMIT_RE.match(src.revision):
@@ -62,18 +68,28 @@ def validate(recipes: tuple[Path, ...], json_mode: bool) -> None:
                                       "for strategy.matrix on stdout; markdown a table for a job summary.")
 @click.option("--recipes-dir", type=click.Path(path_type=Path), default=Path("recipes"), show_default=True,
               help="With --changed-since: where the recipes are (bases in its subdirectories).")
+@click.option("--explain", "explain_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write what the run would do on its target into DIR: explain.json (every process with argv, "
+                   "GPUs, memory, phase), triton_repo/ and llm_api_options.yaml, all checked against upstream's "
+                   "records; exit 1 with each problem as a line.")
 @ARTIFACTS
 @common
-def plan(recipe: Path | None, changed_since: str | None, fmt: str, recipes_dir: Path, artifacts: Path,
-         json_mode: bool) -> None:
+def plan(recipe: Path | None, changed_since: str | None, fmt: str, recipes_dir: Path, explain_dir: Path | None,
+         artifacts: Path, json_mode: bool) -> None:
     """Show each stage's fingerprint and whether it is cached or will run, and why.
 
     With --changed-since REF: which recipes the commits since REF change, for a CI matrix.
+    With --explain DIR: what the run would do on its target (no GPU needed, nothing heavy runs).
     """
     from pipeline.errors import UsageError
 
     if recipe is not None and changed_since is not None:
         raise UsageError("give either a RECIPE or --changed-since REF, not both")
+    if explain_dir is not None:
+        if recipe is None:
+            raise UsageError("--explain needs a RECIPE")
+        _explain(recipe, explain_dir, artifacts, json_mode)
+        return
     if changed_since is not None:
         _plan_changes(changed_since, fmt, recipes_dir, json_mode)
         return
@@ -93,6 +109,37 @@ def plan(recipe: Path | None, changed_since: str | None, fmt: str, recipes_dir: 
     out.result({"recipe": str(recipe), "name": loaded.recipe.name, "digest": loaded.digest,
                 "stages": [{"name": p.name, "status": p.status, "fingerprint": p.fingerprint,
                             "reason": p.reason} for p in planned]})
+
+
+def _explain_problems(loaded: LoadedRecipe) -> list[str]:
+    import tempfile
+
+    from pipeline.explain import explain
+
+    with tempfile.TemporaryDirectory(prefix="trtbuild-validate-") as tmp:
+        return explain(loaded, out_dir=Path(tmp)).problems
+
+
+def _explain(recipe: Path, out_dir: Path, artifacts: Path, json_mode: bool) -> None:
+    from pipeline.explain import write_explain
+    from pipeline.recipe.load import load_recipe
+
+    out = Output(json_mode=json_mode)
+    loaded = load_recipe(recipe)
+    ex = write_explain(loaded, out_dir, artifacts=artifacts)
+    out.human(f"[bold]{loaded.recipe.name}[/] on {loaded.recipe.target.gpu} x{loaded.recipe.target.world_size}: "
+              f"{out_dir / 'explain.json'}")
+    for st in ex.stages:
+        for p in st.processes:
+            gpus = f"GPU {','.join(map(str, p.gpus))} {p.gpu_memory_gib:.1f} GiB" if p.gpus else "CPU"
+            out.human(f"  {st.name:10} [{p.phase}] {p.role}: {gpus}")
+        for n in st.notes:
+            out.human(f"  {st.name:10} [dim]{n}[/]")
+    for w in ex.warnings:
+        out.human(f"[yellow]warning:[/] {w}")
+    out.result(ex.to_json() | {"explain_dir": str(out_dir)})
+    if ex.problems:
+        raise RecipeError(ex.problems)
 
 
 def _plan_changes(ref: str, fmt: str, recipes_dir: Path, json_mode: bool) -> None:

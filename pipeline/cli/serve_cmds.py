@@ -35,7 +35,13 @@ def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: P
     out = Output(json_mode=json_mode)
     models = top_level_models(repository)
     install = locate_tritonserver(binary)
-    server = TritonServer(install, log_path=Path("artifacts/logs/tritonserver.log"))
+    from pipeline.triton.parallel import serving_env
+
+    env = serving_env(repository)  # orchestrator mode when an engine spans several GPUs
+    if env:
+        out.human(f"multi-GPU engines in {repository}: tritonserver runs in TensorRT-LLM orchestrator mode "
+                  f"({', '.join(f'{k}={v}' for k, v in env.items())})")
+    server = TritonServer(install, log_path=Path("artifacts/logs/tritonserver.log"), env=env)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server.start(repository.resolve(), http_port=http_port, grpc_port=grpc_port, host=host, load=models):

@@ -191,15 +191,15 @@ def vllm_gpu(recipe: Any, size: ModelSize | None) -> VllmGpu:
     if base.tensor_parallel is not None:
         return VllmGpu(base.tensor_parallel, util,
                        None if base.tensor_parallel <= runner_gpus(recipe) else
-                       f"gates.throughput.baseline.tensor_parallel {base.tensor_parallel} exceeds the runner's "
-                       f"{runner_gpus(recipe)} GPU(s)")
+                       f"gates.throughput.baseline.tensor_parallel: {base.tensor_parallel} exceeds the runner's "
+                       f"{runner_gpus(recipe)} GPU(s) (target.tensor_parallel x pipeline_parallel)")
     if size is None:
         # cannot size it: the recipe's own parallelism is the best guess (the candidate fits it)
         return VllmGpu(recipe.target.tensor_parallel, util)
-    tp, problem = vllm_tensor_parallel(size, gpu_gib=gpu_memory_gib(recipe), utilization=util,
+    tp, why = vllm_tensor_parallel(size, gpu_gib=gpu_memory_gib(recipe), utilization=util,
                                        max_model_len=recipe.build.max_seq_len, available=runner_gpus(recipe),
                                        at_least=recipe.target.tensor_parallel)
-    return VllmGpu(tp, util, problem)
+    return VllmGpu(tp, util, f"gates.throughput.baseline.gpu_memory_utilization: {why}" if why else None)
 
 
 def throughput_schedule(recipe: Any, candidate_gib: float, baseline_gib: float) -> tuple[str, str]:
@@ -214,8 +214,8 @@ def throughput_schedule(recipe: Any, candidate_gib: float, baseline_gib: float) 
         if candidate_gib + baseline_gib <= gpu:
             return "together", (f"the recipe asks for it and both fit: {candidate_gib:.1f} + {baseline_gib:.1f} GiB "
                                 f"<= {gpu:.0f} GiB per GPU")
-        return "together", (f"PROBLEM: gates.throughput.schedule together: {candidate_gib:.1f} + {baseline_gib:.1f} "
-                            f"GiB per GPU exceed {gpu:.0f} GiB; use sequential")
+        return "together", (f"PROBLEM: gates.throughput.schedule: together: {candidate_gib:.1f} + "
+                            f"{baseline_gib:.1f} GiB per GPU exceed {gpu:.0f} GiB; use sequential")
     return "sequential", ("GPUs: the baseline's sweep, then the candidate's, each server alone on the GPUs "
                           "(vLLM and TensorRT-LLM each take most of a GPU's memory)")
 

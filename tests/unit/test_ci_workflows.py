@@ -133,7 +133,12 @@ def test_build_workflow_shape() -> None:
     build = wf["jobs"]["build"]
     assert build["runs-on"] == ["self-hosted", "${{ matrix.runner }}"]
     assert build["concurrency"] == {"group": "build-${{ matrix.recipe }}", "cancel-in-progress": False}
-    assert build["container"]["image"] == "${{ vars.TRTLLM_IMAGE }}"
+    # defect 10: inside the TensorRT-LLM job container the recipes' `docker run` executors and the
+    # vLLM baseline could not start: trtbuild runs on the GPU host, vLLM from its own venv there
+    assert "container" not in build
+    steps_text = yaml.safe_dump(build["steps"])
+    assert "docker login nvcr.io" in steps_text and "TRTBUILD_VLLM_PYTHON=" in steps_text
+    assert "--explain artifacts/explain" in steps_text
     assert build["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
     steps = yaml.safe_dump(build["steps"])
     assert "ci/run-pipeline.sh run" in steps and "actions/upload-artifact@v4" in steps
@@ -145,6 +150,7 @@ def test_pr_and_deploy_workflow_shape() -> None:
     assert on(pr)["pull_request"]["paths"] == ["recipes/**"]
     steps = yaml.safe_dump(pr["jobs"]["validate-and-plan"]["steps"])
     assert "run-pipeline.sh validate" in steps and 'plan "origin/$BASE_REF"' in steps
+    assert 'run-pipeline.sh explain "origin/$BASE_REF" explain' in steps  # the reviewer's plan
     deploy = load(ROOT / "ci/github/workflows/trtbuild-deploy.yml")
     assert on(deploy)["push"]["paths"] == ["deploy/*.yaml"]
     prod = deploy["jobs"]["sync-production"]
