@@ -522,6 +522,40 @@ def backend_images(git_dir: Path, commits: list[str]) -> list[Row]:
     return rows
 
 
+BUILD_PY = "tensorrt_llm/commands/build.py"
+
+
+def _kind(row: Row) -> str:
+    if row.get("action") == "store_true":
+        return "store_true"
+    if isinstance(row.get("choices"), list):
+        return "choice"
+    return {"int": "int", "float": "float"}.get(str(row.get("type")), "str")
+
+
+def trtllm_build_records(root: Path, commit: str, existing: dict[str, Any]) -> dict[str, Any]:
+    """trtllm-build flags from build.py's parse_arguments(), merged into the existing record: an
+    existing entry keeps its kind/choices/notes (argparse choices that are not literals, enum types)
+    and gets the read's provenance; plugin flags (added by add_plugin_argument from PluginConfig's
+    fields, not by literal add_argument calls) keep theirs."""
+    text = (root / BUILD_PY).read_text()
+    flags: dict[str, Row] = dict(existing.get("flags", {}))
+    for row in argparse_flags(text):
+        spec = dict(flags.get(row["flag"], {}))
+        spec.setdefault("kind", _kind(row))
+        if "aliases" in row:
+            spec["aliases"] = row["aliases"]
+        if isinstance(row.get("choices"), list):
+            spec["choices"] = row["choices"]
+        spec.update({"repo": TRTLLM, "path": BUILD_PY, "commit": commit, "line": row["line"]})
+        flags[row["flag"]] = spec
+    plugin_lines = call_lines(text, "add_plugin_argument")
+    for spec in flags.values():
+        if spec.get("via") == "add_plugin_argument" and plugin_lines:
+            spec.update({"repo": TRTLLM, "path": BUILD_PY, "commit": commit, "line": plugin_lines[0]})
+    return {**existing, "flags": flags}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trtllm", type=Path, help="NVIDIA/TensorRT-LLM checkout (or files laid out like it)")
@@ -531,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modelopt", type=Path, help="the installed `modelopt` package directory")
     ap.add_argument("--modelopt-commit")
     ap.add_argument("--modelopt-repo", default="NVIDIA/Model-Optimizer")
-    ap.add_argument("--modelopt-git", type=Path, help="a Model-Optimizer git dir to tie each installed file to a commit")
+    ap.add_argument("--modelopt-git", type=Path,
+                    help="a Model-Optimizer git dir to tie each installed file to a commit")
     ap.add_argument("--backend", type=Path, help="triton-inference-server/tensorrtllm_backend git dir")
     ap.add_argument("--backend-commit", action="append", default=[], help="backend commits to record (repeat)")
     ap.add_argument("--out", type=Path, default=Path("tests/data/upstream"))
@@ -542,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         files = [t for t, _ in ROLE_SOURCES.values()] + [p for _, s in ROLE_SOURCES.values() for p, _ in s]
         commits = commits_for(a.trtllm, a.trtllm_commit, files, per_file)
         write(a.out / "triton_parameters.json", triton_parameters(a.trtllm, commits))
+        if (a.trtllm / BUILD_PY).exists():
+            path = a.out / "trtllm_build.json"
+            build_commit = commits_for(a.trtllm, a.trtllm_commit, [BUILD_PY], per_file)[BUILD_PY]
+            write(path, trtllm_build_records(a.trtllm, build_commit,
+                                             json.loads(path.read_text()) if path.exists() else {}))
     if a.modelopt:
         commit = a.modelopt_commit or git_commit(a.modelopt)
         write(a.out / "modelopt.json", modelopt_records(a.modelopt, commit, a.modelopt_repo, "modelopt/",
