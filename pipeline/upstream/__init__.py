@@ -12,6 +12,7 @@ The checks here return one-line problem strings, empty when upstream would accep
 from pipeline.upstream.checks import check_argv, check_llm_api_options, check_triton_config
 from pipeline.upstream.records import (
     container_versions,
+    decoder_type_for,
     decoder_types,
     load_record,
     records_dir,
@@ -25,6 +26,7 @@ __all__ = [
     "check_llm_api_options",
     "check_triton_config",
     "container_versions",
+    "decoder_type_for",
     "decoder_types",
     "load_record",
     "records_dir",

@@ -72,6 +72,17 @@ def decoder_types() -> list[str]:
     return list(table.get("decoder_types", []))
 
 
+def decoder_type_for(architecture: str) -> str | None:
+    """The decoder_type ModelOpt itself derives from a model class name (get_model_type: the first
+    MODEL_NAME_TO_TYPE key contained in the name, case-insensitive), e.g. MistralForCausalLM -> llama,
+    Qwen2ForCausalLM -> qwen. HF's `model_type` ("mistral", "qwen2") is not a decoder type."""
+    table = load_record("modelopt").get("model_name_to_type") or {}
+    for key, value in table.get("table", {}).items():
+        if key.lower() in architecture.lower():
+            return str(value)
+    return None
+
+
 def container_versions() -> dict[str, Any]:
     """Image and version facts for the TensorRT-LLM 1.2 line, with their provenance."""
     return load_record("containers")

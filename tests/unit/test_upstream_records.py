@@ -300,3 +300,15 @@ def test_triton_record_regenerates_from_a_tree_laid_out_like_upstream(tmp_path: 
     assert core["template_keys"][0]["name"] == "gpt_model_type" and core["template_keys"][0]["line"] == 2
     assert data["parsers"]["bool"]["true"] == ["true", "1"] and data["messages"]["missing"]["line"] == 12
     assert data["roles"]["preprocessing"]["reads"][0]["required"] is True
+
+
+def test_trtllm_export_decoder_type_comes_from_modelopts_table_not_hf_model_type() -> None:
+    from pipeline.quant.quantize import QuantizeError, trtllm_decoder_type
+
+    assert trtllm_decoder_type({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}) == "llama"
+    assert trtllm_decoder_type({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}) == "qwen"
+    assert trtllm_decoder_type({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}) == "llama"
+    assert trtllm_decoder_type({"architectures": ["Llama4ForConditionalGeneration"]}) == "llama4"
+    assert "mistral" not in upstream.decoder_types() and "qwen2" not in upstream.decoder_types()
+    with pytest.raises(QuantizeError, match="no ModelOpt decoder_type"):
+        trtllm_decoder_type({"model_type": "mystery", "architectures": ["MysteryForCausalLM"]})
