@@ -426,8 +426,11 @@ def blob_commit(git_dir: Path, file: Path, repo_path: str) -> str | None:
     that blob): how an installed wheel's file is tied to a commit when the release tag is missing."""
     blob = subprocess.run(["git", "hash-object", str(file)], capture_output=True, text=True, check=True,
                           timeout=30).stdout.strip()
-    out = subprocess.run(["git", "-C", str(git_dir), "log", "--all", "--format=%H", f"--find-object={blob}",
-                          "--", repo_path], capture_output=True, text=True, check=False, timeout=300).stdout.split()
+    out = []
+    for scope in (["HEAD"], ["--all"]):  # the main line first, then any branch
+        out += subprocess.run(["git", "-C", str(git_dir), "log", *scope, "--format=%H", f"--find-object={blob}",
+                               "--", repo_path], capture_output=True, text=True, check=False,
+                              timeout=300).stdout.split()
     for c in out:
         at = subprocess.run(["git", "-C", str(git_dir), "rev-parse", "-q", "--verify", f"{c}:{repo_path}"],
                             capture_output=True, text=True, check=False, timeout=30).stdout.strip()
@@ -556,6 +559,74 @@ def trtllm_build_records(root: Path, commit: str, existing: dict[str, Any]) -> d
     return {**existing, "flags": flags}
 
 
+def init_parameters(text: str, class_name: str) -> list[Row]:
+    """`__init__` keyword parameters of a class with their defaults and lines; for transformers 5
+    style dataclass configs (no __init__), the annotated class fields instead."""
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    a = item.args
+                    defaults = [None] * (len(a.args) - len(a.defaults)) + list(a.defaults)
+                    return [{"name": arg.arg, "line": arg.lineno, **({"default": _const(d)} if d is not None else {})}
+                            for arg, d in zip(a.args, defaults, strict=True) if arg.arg != "self"]
+            return [{"name": r["name"], "line": r["line"], **({"default": r["default"]} if "default" in r else {})}
+                    for r in pydantic_fields(text, class_name)]
+    return []
+
+
+def getattr_reads(text: str) -> list[Row]:
+    """`getattr(obj, "name", default)` calls: how a converter reads an optional config attribute."""
+    rows = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "getattr" and len(node.args) == 3 \
+                and isinstance(node.args[1], ast.Constant):
+            rows.append({"name": node.args[1].value, "default": _const(node.args[2]), "line": node.lineno})
+    return sorted(rows, key=lambda r: r["line"])
+
+
+LLAMA_CONFIG_PY = "tensorrt_llm/models/llama/config.py"
+
+
+def trtllm_checkpoint_keys(root: Path, commit: str) -> dict[str, Any]:
+    """RoPE keys of a TensorRT-LLM LLaMA checkpoint config (what trtllm-build reads) and the HF keys
+    its from_hugging_face converter reads them from."""
+    text = (root / LLAMA_CONFIG_PY).read_text()
+    src = {"repo": TRTLLM, "path": LLAMA_CONFIG_PY, "commit": commit}
+    init = {r["name"]: r for r in init_parameters(text, "LLaMAConfig")}
+    if not init:  # keyword-only parameters: read them from the signature
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+                for arg, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True):
+                    init[arg.arg] = {"name": arg.arg, "line": arg.lineno,
+                                     **({"default": _const(d)} if d is not None else {})}
+                break
+    keys = {k: {**src, "line": init[k]["line"], "default": init[k].get("default")}
+            for k in ("rotary_base", "rotary_scaling") if k in init}
+    hf = {r["name"]: {**src, "line": r["line"], "default": r["default"]} for r in getattr_reads(text)
+          if r["name"] in ("rope_theta", "rope_scaling")}
+    return {"LLaMAConfig": keys, "from_hugging_face_reads": hf}
+
+
+TRANSFORMERS = "huggingface/transformers"
+HF_CONFIGS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig"}
+ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings")
+
+
+def transformers_config_keys(pkg: Path, release: str) -> dict[str, Any]:
+    """The RoPE-related config.json keys each HF config class takes (pkg: the `transformers` package dir)."""
+    out: dict[str, Any] = {}
+    for model, cls in HF_CONFIGS.items():
+        rel = f"models/{model}/configuration_{model}.py"
+        rows = {r["name"]: r for r in init_parameters((pkg / rel).read_text(), cls)}
+        out[model] = {k: {"repo": TRANSFORMERS, "path": f"src/transformers/{rel}", "commit": None,
+                          "release": release, "line": rows[k]["line"],
+                          **({"default": rows[k]["default"]} if "default" in rows[k] else {})}
+                      for k in ROPE_KEYS if k in rows}
+        out[model]["_absent"] = [k for k in ROPE_KEYS if k not in rows]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trtllm", type=Path, help="NVIDIA/TensorRT-LLM checkout (or files laid out like it)")
@@ -569,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a Model-Optimizer git dir to tie each installed file to a commit")
     ap.add_argument("--backend", type=Path, help="triton-inference-server/tensorrtllm_backend git dir")
     ap.add_argument("--backend-commit", action="append", default=[], help="backend commits to record (repeat)")
+    ap.add_argument("--transformers", action="append", default=[], metavar="DIR=RELEASE",
+                    help="an installed/unpacked `transformers` package dir and its release (repeat)")
     ap.add_argument("--out", type=Path, default=Path("tests/data/upstream"))
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -577,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         files = [t for t, _ in ROLE_SOURCES.values()] + [p for _, s in ROLE_SOURCES.values() for p, _ in s]
         commits = commits_for(a.trtllm, a.trtllm_commit, files, per_file)
         write(a.out / "triton_parameters.json", triton_parameters(a.trtllm, commits))
+        if (a.trtllm / LLAMA_CONFIG_PY).exists():
+            path = a.out / "config_keys.json"
+            data = json.loads(path.read_text()) if path.exists() else {}
+            c = commits_for(a.trtllm, a.trtllm_commit, [LLAMA_CONFIG_PY], per_file)[LLAMA_CONFIG_PY]
+            data["trtllm_checkpoint"] = trtllm_checkpoint_keys(a.trtllm, c)
+            write(path, data)
         if (a.trtllm / BUILD_PY).exists():
             path = a.out / "trtllm_build.json"
             build_commit = commits_for(a.trtllm, a.trtllm_commit, [BUILD_PY], per_file)[BUILD_PY]
@@ -586,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
         commit = a.modelopt_commit or git_commit(a.modelopt)
         write(a.out / "modelopt.json", modelopt_records(a.modelopt, commit, a.modelopt_repo, "modelopt/",
                                                         a.modelopt_git))
+    if a.transformers:
+        path = a.out / "config_keys.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data["transformers"] = {rel: transformers_config_keys(Path(d), rel)
+                                for d, rel in (x.rsplit("=", 1) for x in a.transformers)}
+        write(path, data)
     if a.backend:
         path = a.out / "containers.json"
         data = json.loads(path.read_text()) if path.exists() else {}
