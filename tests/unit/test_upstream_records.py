@@ -312,3 +312,25 @@ def test_trtllm_export_decoder_type_comes_from_modelopts_table_not_hf_model_type
     assert "mistral" not in upstream.decoder_types() and "qwen2" not in upstream.decoder_types()
     with pytest.raises(QuantizeError, match="no ModelOpt decoder_type"):
         trtllm_decoder_type({"model_type": "mystery", "architectures": ["MysteryForCausalLM"]})
+
+
+@pytest.mark.parametrize("backend,options", [("tensorrt", None), ("pytorch", Path("/b/llm_api_options.yaml"))])
+def test_trtllm_serve_argv_passes_the_flag_record(backend: str, options: Path | None) -> None:
+    from pipeline.backends.trtllm_serve import TrtllmServe
+
+    prefix = ["docker", "run", "--rm", "img", "trtllm-serve"]
+    srv = TrtllmServe(command=prefix, model=Path("/b/engine"), backend=backend, tokenizer=Path("/b/tok"),
+                      options=options, tp_size=2, max_batch_size=64, max_num_tokens=8192, max_seq_len=4096,
+                      port=8123)
+    assert upstream.check_argv("trtllm-serve", srv.argv()[len(prefix):]) == []
+
+
+def test_config_keys_record_the_rope_split() -> None:
+    keys = upstream.load_record("config_keys")
+    old, new = keys["transformers"]["4.57.3"], keys["transformers"]["5.24.0"]
+    for model in ("llama", "qwen2", "mistral"):
+        assert old[model]["rope_theta"]["default"] == 10000.0 and "rope_parameters" in old[model]["_absent"]
+        assert "rope_parameters" in new[model] and "rope_theta" in new[model]["_absent"]
+    ckpt = keys["trtllm_checkpoint"]
+    assert ckpt["LLaMAConfig"]["rotary_base"]["default"] == 10000.0
+    assert ckpt["from_hugging_face_reads"]["rope_theta"]["line"] > 0
