@@ -3,7 +3,7 @@
 This is the current TensorRT-LLM path: nothing is compiled ahead of time; `trtllm-serve
 --extra_llm_api_options` or Triton's llmapi python model loads the checkpoint with these options.
 Option names are TensorRT-LLM 1.2's TorchLlmArgs / KvCacheConfig / CudaGraphConfig fields (all of
-which forbid unknown keys); see tests/data/trtllm/llm_api_keys_1.2.json for where they were read.
+which forbid unknown keys); see tests/data/upstream/llm_api.json for where they were read.
 """
 
 from __future__ import annotations

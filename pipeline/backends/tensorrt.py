@@ -4,7 +4,7 @@ Only the 1.2 line of TensorRT-LLM ships `trtllm-build`. This module builds its a
 recipe, runs it where the recipe's executor says (its own venv or the NGC container), and reads
 back the engine's config.json: the facts a runtime must match (TRT-LLM version, TP/PP, quantization,
 build limits, plugins). Flag names and value forms were read from TensorRT-LLM's source; see
-trtllm_facts.py and tests/data/trtllm/trtllm_build_flags_1.2.json.
+trtllm_facts.py and tests/data/upstream/trtllm_build.json.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 TensorRT-LLM cannot be installed on the development machines (its wheel comes from NVIDIA's own
 index), so these facts were read from its source (NVIDIA/TensorRT-LLM) and are re-checked against a
 real install by tests/gpu/test_trtllm_real.py. The full flag and key lists are test data:
-tests/data/trtllm/trtllm_build_flags_1.2.json and tests/data/trtllm/llm_api_keys_1.2.json.
+tests/data/upstream/trtllm_build.json and tests/data/upstream/llm_api.json.
 """
 
 from __future__ import annotations

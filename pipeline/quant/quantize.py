@@ -152,7 +152,7 @@ def export_model(model: Any, kind: str, target: Path, *, src_dir: Path, config: 
     elif kind == "trtllm":
         from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
-        decoder = config.get("model_type", "llama")
+        decoder = trtllm_decoder_type(config)
         export_tensorrt_llm_checkpoint(model, decoder, dtype=dtype, export_dir=target,
                                        inference_tensor_parallel=tensor_parallel,
                                        inference_pipeline_parallel=pipeline_parallel)
@@ -161,6 +161,20 @@ def export_model(model: Any, kind: str, target: Path, *, src_dir: Path, config: 
         raise QuantizeError(f"unknown export '{kind}'")
     copy_tokenizer(src_dir, target)
     return fixes
+
+
+def trtllm_decoder_type(config: dict[str, Any]) -> str:
+    """export_tensorrt_llm_checkpoint's decoder_type for an HF config: ModelOpt's own table keyed by
+    the architecture class name (tests/data/upstream/modelopt.json), not HF's model_type."""
+    from pipeline import upstream
+
+    archs = config.get("architectures") or []
+    for arch in archs:
+        decoder = upstream.decoder_type_for(str(arch))
+        if decoder:
+            return decoder
+    raise QuantizeError(f"no ModelOpt decoder_type for architectures {archs or '(none in config.json)'}; "
+                        f"export_tensorrt_llm_checkpoint knows {', '.join(upstream.decoder_types())}")
 
 
 def fix_trtllm_config(trtllm_dir: Path, hf_config: dict[str, Any]) -> list[str]:

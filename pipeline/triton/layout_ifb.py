@@ -244,47 +244,53 @@ STEPS: list[tuple[str, dict[str, str], dict[str, str]]] = [
      {"OUTPUT": "text_output"}),
 ]
 
-# Upstream tensorrt_llm parameters this renderer leaves out. The backend treats a missing
-# parameter as "use the default"; writing an empty value instead would be read (and, for
-# paths, checked for existence), so leaving out is the only honest way to say "not used".
-OMITTED_CORE_PARAMETERS: dict[str, str] = {
-    "encoder_model_path": "decoder-only bundles: there is no encoder engine",
-    "max_tokens_in_paged_kv_cache": "the KV cache is sized by kv_cache_free_gpu_mem_fraction instead",
-    "max_attention_window_size": "full attention; the engine's max_seq_len applies",
-    "sink_token_length": "no StreamingLLM attention sinks",
-    "cross_kv_cache_fraction": "encoder-decoder models only",
-    "kv_cache_host_memory_bytes": "no KV cache offload to host memory",
-    "kv_cache_onboard_blocks": "internal; only meaningful with host offload",
-    "iter_stats_max_iterations": "backend default",
-    "request_stats_max_iterations": "backend default",
-    "gpu_device_ids": "one model instance using every GPU of the engine's world size",
-    "participant_ids": "single-node orchestrator mode",
-    "num_nodes": "single node",
-    "lora_cache_optimal_adapter_size": "bundles carry no LoRA adapters",
-    "lora_cache_max_adapter_size": "bundles carry no LoRA adapters",
-    "lora_cache_gpu_memory_fraction": "bundles carry no LoRA adapters",
-    "lora_cache_host_memory_bytes": "bundles carry no LoRA adapters",
-    "lora_prefetch_dir": "bundles carry no LoRA adapters",
-    "decoding_mode": "backend default (top_k_top_p for beam width 1)",
-    "lookahead_window_size": "no speculative decoding",
-    "lookahead_ngram_size": "no speculative decoding",
-    "lookahead_verification_set_size": "no speculative decoding",
-    "medusa_choices": "no speculative decoding",
-    "eagle_choices": "no speculative decoding",
-    "speculative_decoding_fast_logits": "no speculative decoding",
-    "gpu_weights_percent": "weights stay fully on the GPU",
-    "enable_context_fmha_fp32_acc": "backend default",
-    "multi_block_mode": "backend default (on)",
-    "cuda_graph_mode": "backend default (off)",
-    "cuda_graph_cache_size": "backend default",
-    "guided_decoding_backend": "no guided decoding",
-    "xgrammar_tokenizer_info_path": "no guided decoding",
-    "tokenizer_dir": "tokenizing happens in the preprocessing model",
-}
-OMITTED_PREPROCESSING_PARAMETERS: dict[str, str] = {
-    "multimodal_model_path": "text-only bundles",
-    "max_num_images": "text-only bundles",
-    "hf_model_path": "multimodal processors only",
+# Parameters of upstream's templates trtbuild has no value for. They are rendered with an empty
+# value, never left out: upstream reads tokenizer_dir, guided_decoding_backend and
+# xgrammar_tokenizer_info_path (tensorrt_llm) and multimodal_model_path (preprocessing) with no
+# fallback, so a missing one fails the load ("Cannot find parameter with name: ...", a KeyError),
+# while an empty one means "not used": numeric and bool reads sit in try blocks whose catch keeps
+# the default, and the string reads test for empty (tests/data/upstream/triton_parameters.json).
+UNUSED_PARAMETERS: dict[str, dict[str, str]] = {
+    "tensorrt_llm": {
+        "encoder_model_path": "decoder-only bundles: there is no encoder engine",
+        "max_tokens_in_paged_kv_cache": "the KV cache is sized by kv_cache_free_gpu_mem_fraction instead",
+        "max_attention_window_size": "full attention; the engine's max_seq_len applies",
+        "sink_token_length": "no StreamingLLM attention sinks",
+        "cross_kv_cache_fraction": "encoder-decoder models only",
+        "kv_cache_host_memory_bytes": "no KV cache offload to host memory",
+        "kv_cache_onboard_blocks": "internal; only meaningful with host offload",
+        "iter_stats_max_iterations": "backend default",
+        "request_stats_max_iterations": "backend default",
+        "gpu_device_ids": "one model instance using every GPU of the engine's world size",
+        "participant_ids": "single-node orchestrator mode",
+        "num_nodes": "single node",
+        "lora_cache_optimal_adapter_size": "bundles carry no LoRA adapters",
+        "lora_cache_max_adapter_size": "bundles carry no LoRA adapters",
+        "lora_cache_gpu_memory_fraction": "bundles carry no LoRA adapters",
+        "lora_cache_host_memory_bytes": "bundles carry no LoRA adapters",
+        "lora_prefetch_dir": "bundles carry no LoRA adapters",
+        "decoding_mode": "backend default (top_k_top_p for beam width 1)",
+        "lookahead_window_size": "no speculative decoding",
+        "lookahead_ngram_size": "no speculative decoding",
+        "lookahead_verification_set_size": "no speculative decoding",
+        "medusa_choices": "no speculative decoding",
+        "eagle_choices": "no speculative decoding",
+        "speculative_decoding_fast_logits": "no speculative decoding",
+        "gpu_weights_percent": "weights stay fully on the GPU",
+        "enable_context_fmha_fp32_acc": "backend default",
+        "multi_block_mode": "backend default (on)",
+        "cuda_graph_mode": "backend default (off)",
+        "cuda_graph_cache_size": "backend default",
+        "guided_decoding_backend": "no guided decoding (empty disables it upstream)",
+        "xgrammar_tokenizer_info_path": "no guided decoding (empty disables it upstream)",
+        "tokenizer_dir": "the C++ guided-decoding path ignores it; tokenizing happens in preprocessing",
+    },
+    "preprocessing": {
+        "multimodal_model_path": "text-only bundles (empty means no multimodal encoder upstream)",
+        "max_num_images": "text-only bundles",
+        "hf_model_path": "multimodal processors only",
+    },
+    "postprocessing": {},
 }
 # the optional tensorrt_llm_bls model is not rendered: the ensemble serves the same inputs
 OMITTED_MODELS: dict[str, str] = {

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline import upstream
 from pipeline.bundle import Bundle
 from pipeline.errors import TrtbuildError
 from pipeline.triton import layout_ifb as ifb
@@ -130,6 +131,23 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
     return {k: {"string_value": _text(v)} for k, v in values.items()}
 
 
+def _upstream_params(role: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of upstream's `role` template, in its order: ours where set, empty where
+    unused (what upstream's own deployments do); then any of ours the template lacks."""
+    keys = upstream.template_parameters(role)
+    full = {k: values.get(k, "") for k in keys}
+    full.update({k: v for k, v in values.items() if k not in full})
+    return _params(full)
+
+
+def _check_upstream(models: list[RenderedModel], bundle: Bundle) -> None:
+    """Refuse a repository upstream's models would not load (tests/data/upstream records)."""
+    problems = [p for m in models for p in upstream.check_triton_config(m.role, m.config)]
+    if problems:
+        raise RenderError(f"bundle {bundle.short_id}: rendered Triton configs upstream would reject: "
+                          + "; ".join(problems))
+
+
 def _text(v: Any) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
@@ -177,7 +195,8 @@ def render_inflight_batcher(model: str, bundle: Bundle, version: int, *, version
         "name": names["preprocessing"], "backend": "python", "max_batch_size": mbs,
         "dynamic_batching": batching, "version_policy": policy,
         "input": ifb.tensors(ifb.PREPROCESSING_INPUTS), "output": ifb.outputs(ifb.PREPROCESSING_OUTPUTS),
-        "parameters": _params({"tokenizer_dir": tokenizer, "add_special_tokens": True, "gpt_model_path": engine}),
+        "parameters": _upstream_params("preprocessing", {"tokenizer_dir": tokenizer, "add_special_tokens": True,
+                                                         "gpt_model_path": engine}),
         "instance_group": [{"count": o.pre_post_instances, "kind": "KIND_CPU"}],
     }, {"model.py": upstream_shim("preprocessing", o)})
     core = RenderedModel(names["tensorrt_llm"], "tensorrt_llm", {
@@ -187,7 +206,7 @@ def render_inflight_batcher(model: str, bundle: Bundle, version: int, *, version
         "input": ifb.tensors(ifb.CORE_INPUTS), "output": ifb.outputs(ifb.CORE_OUTPUTS),
         # one instance drives every GPU of the engine (the executor spawns the ranks)
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
-        "parameters": _params({
+        "parameters": _upstream_params("tensorrt_llm", {
             "max_beam_width": int(engine_cfg.get("max_beam_width") or 1),
             "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
             "gpt_model_type": ENGINE_GPT_MODEL_TYPE,
@@ -207,7 +226,7 @@ def render_inflight_batcher(model: str, bundle: Bundle, version: int, *, version
         "name": names["postprocessing"], "backend": "python", "max_batch_size": mbs,
         "dynamic_batching": {}, "version_policy": policy,
         "input": ifb.tensors(ifb.POSTPROCESSING_INPUTS), "output": ifb.outputs(ifb.POSTPROCESSING_OUTPUTS),
-        "parameters": _params({"tokenizer_dir": tokenizer, "skip_special_tokens": True}),
+        "parameters": _upstream_params("postprocessing", {"tokenizer_dir": tokenizer, "skip_special_tokens": True}),
         "instance_group": [{"count": o.pre_post_instances, "kind": "KIND_CPU"}],
     }, {"model.py": upstream_shim("postprocessing", o)})
     steps = [{"model_name": names[role], "model_version": version, "input_map": dict(inp), "output_map": dict(out)}
@@ -218,6 +237,7 @@ def render_inflight_batcher(model: str, bundle: Bundle, version: int, *, version
         "ensemble_scheduling": {"step": steps},
         "parameters": _params({"bundle_id": bundle.id, "recipe": bundle.manifest.get("name", "")}),
     })
+    _check_upstream([pre, core, post], bundle)
     return Rendered(ensemble, [pre, core, post])
 
 

@@ -28,8 +28,8 @@ pytestmark = [
 ]
 
 DATA = ROOT / "tests" / "data" / "trtllm"
-FLAGS = json.loads((DATA / "trtllm_build_flags_1.2.json").read_text())["flags"]
-KEYS = json.loads((DATA / "llm_api_keys_1.2.json").read_text())
+FLAGS = json.loads((ROOT / "tests" / "data" / "upstream" / "trtllm_build.json").read_text())["flags"]
+KEYS = json.loads((ROOT / "tests" / "data" / "upstream" / "llm_api.json").read_text())["models"]
 RECIPES = {p.stem: load_recipe(p, env={"PWD": "/w"}).recipe for p in sorted((ROOT / "recipes").glob("*.yaml"))}
 TENSORRT = sorted(n for n, r in RECIPES.items() if r.build.backend == "tensorrt")
 

@@ -20,7 +20,7 @@ from tests.tiny_model import make_tokenizer
 
 pytestmark = pytest.mark.integration
 STANDIN = ROOT / "tests/data/trtllm/trtllm-serve"
-FLAGS = json.loads((ROOT / "tests/data/trtllm/trtllm_serve_flags_1.2.json").read_text())
+FLAGS = json.loads((ROOT / "tests/data/upstream/trtllm_serve.json").read_text())
 
 RECIPE = """\
 name: g

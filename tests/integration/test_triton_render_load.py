@@ -12,6 +12,7 @@ to python (with a model.py), and the tensorrtllm availability probe is skipped.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import upstream
 from pipeline.bundle import facts_for_target
 from pipeline.errors import TrtbuildError
 from pipeline.triton import publish as publish_mod
@@ -40,6 +42,9 @@ STAND_IN = '''import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+# what upstream's python models index directly (tests/data/upstream/triton_parameters.json)
+REQUIRED = __REQUIRED__
+
 
 def _get(request, name):
     t = pb_utils.get_input_tensor_by_name(request, name)
@@ -52,6 +57,14 @@ class TritonPythonModel:
         self.role = next(r for r in ("preprocessing", "tensorrt_llm", "postprocessing") if self.name.endswith(r))
         self.config = json.loads(args["model_config"])
         self.decoupled = self.config.get("model_transaction_policy", {}).get("decoupled", False)
+        if self.role == "tensorrt_llm":
+            # model_state.cc / model_instance_state.cc as the records describe them: a missing
+            # required parameter or an unparsable value fails the load with upstream's text
+            from pipeline.upstream.triton import load
+
+            load("tensorrt_llm", self.config)
+        for name in REQUIRED.get(self.role, []):
+            self.config["parameters"][name]["string_value"]  # a missing one: KeyError, as upstream
 
     def _blank(self):
         out = {}
@@ -88,7 +101,8 @@ class TritonPythonModel:
             else:
                 responses.append(response)
         return None if self.decoupled else responses
-'''
+'''.replace("__REQUIRED__", json.dumps({r: upstream.required_triton_parameters(r)
+                                           for r in ("preprocessing", "postprocessing")}))
 
 
 def stand_in_core(repo: Path, model: str, version: int) -> None:
@@ -249,3 +263,24 @@ def test_pytorch_bundle_publishes_through_the_llmapi_layout(tmp_path: Path, star
     text = json.loads(body)["text_output"]
     checkpoint = (repo / "llm" / "1" / "bundle" / "checkpoint").resolve()
     assert text == f"hi [{checkpoint} tp={r.target.tensor_parallel} n=3 via-helpers]"
+
+
+@pytest.mark.parametrize("role,name,message", [
+    ("tensorrt_llm", "tokenizer_dir", "Cannot find parameter with name: tokenizer_dir"),
+    ("preprocessing", "multimodal_model_path", "KeyError.*multimodal_model_path"),
+])
+def test_a_missing_required_parameter_fails_the_real_load(tmp_path: Path, start_triton: Callable[..., TritonServer],
+                                                          upstream_stand_ins: Path, role: str, name: str,
+                                                          message: str) -> None:
+    """Planted fault: the stand-ins read what upstream reads, so Triton itself refuses the model."""
+    repo = tmp_path / "repo"
+    publish_bundle(tensorrt_bundle(tmp_path, recipe("llama70b"), seed=1), repo, "llm",
+                   facts=facts_for_target("h100", gpus=2))
+    stand_in_core(repo, "llm", 1)
+    path = repo / composing_name("llm", 1, role) / "config.pbtxt"
+    cfg = config_to_dict(parse_config(path.read_text()))
+    del cfg["parameters"][name]
+    path.write_text(render_config(cfg))
+    server = start_triton(repo)
+    with pytest.raises(TrtbuildError, match=message):
+        ModelControl(server.http_url).load("llm", timeout=180)

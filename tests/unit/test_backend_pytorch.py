@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline import upstream
 from pipeline.backends.pytorch import cuda_graph_batch_sizes, llm_api_options, warmup_load, write_options
 from pipeline.errors import StageError
 from pipeline.recipe.load import load_recipe
 from pipeline.recipe.schema import Recipe
 from tests.conftest import ROOT
 
-KEYS_DOC = json.loads((ROOT / "tests" / "data" / "trtllm" / "llm_api_keys_1.2.json").read_text())
-TOP, KV, CUDA_GRAPH = (set(KEYS_DOC[k]) for k in ("TorchLlmArgs", "KvCacheConfig", "CudaGraphConfig"))
+KEYS_DOC = json.loads((ROOT / "tests" / "data" / "upstream" / "llm_api.json").read_text())
+TOP, KV, CUDA_GRAPH = (set(KEYS_DOC["models"][k]) for k in ("TorchLlmArgs", "KvCacheConfig", "CudaGraphConfig"))
 TYPES = {"int": int, "bool": bool, "str": str, "float": float}
 RECIPES = {p.stem: load_recipe(p, env={"PWD": "/w"}).recipe for p in sorted((ROOT / "recipes").glob("*.yaml"))}
 
@@ -68,6 +69,7 @@ def test_options_use_only_1_2_keys_with_right_types(name: str) -> None:
     recipe = CASES[name]
     opts = llm_api_options(recipe)
     check_keys(opts)
+    assert upstream.check_llm_api_options(opts) == []
     check_types(opts)
     b = recipe.build
     assert opts["backend"] == "pytorch" and opts["trust_remote_code"] is False

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import upstream
 from pipeline.backends.tensorrt import build_engine, read_engine_config, trtllm_build_argv
 from pipeline.errors import ExecutorError, StageError
 from pipeline.recipe.load import load_recipe
@@ -24,7 +25,7 @@ from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data" / "trtllm"
 STANDIN = DATA / "trtllm-build"
-FLAGS_DOC = json.loads((DATA / "trtllm_build_flags_1.2.json").read_text())
+FLAGS_DOC = json.loads((ROOT / "tests" / "data" / "upstream" / "trtllm_build.json").read_text())
 FLAGS: dict[str, dict[str, Any]] = FLAGS_DOC["flags"]
 RECIPES = {p.stem: load_recipe(p, env={"PWD": "/w"}).recipe for p in sorted((ROOT / "recipes").glob("*.yaml"))}
 TENSORRT = sorted(name for name, r in RECIPES.items() if r.build.backend == "tensorrt")
@@ -78,8 +79,8 @@ def parse(argv: list[str]) -> dict[str, str | None]:
 
 # --------------------------------------------------------------------------- recorded interface
 def test_flag_list_is_recorded_with_its_source() -> None:
-    assert FLAGS_DOC["source"]["repo"] == "NVIDIA/TensorRT-LLM"
-    assert all(len(c) == 40 for k, c in FLAGS_DOC["source"].items() if k.endswith(".py"))
+    for spec in FLAGS.values():  # each flag names where it was read
+        assert spec["repo"] == "NVIDIA/TensorRT-LLM" and len(spec["commit"]) == 40 and spec["line"] > 0
     # what FACTS.md lists for 1.2 is all there
     for flag in ("--checkpoint_dir", "--output_dir", "--max_batch_size", "--max_input_len", "--max_seq_len",
                  "--max_beam_width", "--max_num_tokens", "--opt_num_tokens", "--kv_cache_type", "--gemm_plugin",
@@ -116,6 +117,7 @@ def test_argv_uses_only_recorded_flags_with_valid_values(name: str) -> None:
     # and the stand-in's argparse (built from the same list, allow_abbrev off) accepts it too
     ns = standin().build_parser(FLAGS).parse_args(argv[1:])
     assert ns.use_paged_context_fmha == "enable" and ns.multiple_profiles == "enable"
+    assert upstream.check_argv("trtllm-build", argv[1:]) == []  # what `plan --explain` reports
 
 
 def test_unknown_flag_fails_the_check() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline import upstream
 from pipeline.bundle import facts_for_target, load_bundle
 from pipeline.triton import history
 from pipeline.triton import layout_ifb as ifb
@@ -83,7 +84,7 @@ def same_tensors(ours: dict[str, tuple[Any, ...]], theirs: dict[str, tuple[Any, 
 
 
 def params(cfg: dict[str, Any]) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+    return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}  # proto3 omits ""
 
 
 def test_tensorrt_repository_matches_upstream_inflight_batcher(tmp_path: Path, trt_bundles: list[Path]) -> None:
@@ -106,13 +107,14 @@ def test_tensorrt_repository_matches_upstream_inflight_batcher(tmp_path: Path, t
         same_tensors(tensors(cfg["output"], with_optional=False), upstream_tensors(up["outputs"], with_optional=False))
         assert int(cfg["max_batch_size"]) == engine_cfg["max_batch_size"] == 64
         assert cfg["version_policy"] == {"specific": {"versions": ["1"]}}
-        ours = set(params(cfg))
+        ours = params(cfg)
         theirs = set(up.get("parameters", []))
-        omitted = {"tensorrt_llm": set(ifb.OMITTED_CORE_PARAMETERS),
-                   "preprocessing": set(ifb.OMITTED_PREPROCESSING_PARAMETERS)}.get(role, set())
-        assert theirs <= ours | omitted, f"{role}: upstream parameters neither rendered nor listed as omitted"
-        assert not ours & omitted, f"{role}: a parameter listed as omitted is rendered"
-        assert ours <= theirs | OWN_PARAMETERS.get(role, set()), f"{role}: parameters upstream does not have"
+        assert theirs == set(upstream.template_parameters(role)), f"{role}: layout.json and the records disagree"
+        assert theirs <= set(ours), f"{role}: upstream template parameters not rendered: {theirs - set(ours)}"
+        assert set(ours) <= theirs | OWN_PARAMETERS.get(role, set()), f"{role}: parameters upstream does not have"
+        unused = ifb.UNUSED_PARAMETERS.get(role, {})
+        assert {k for k, v in ours.items() if v == ""} == set(unused), f"{role}: empty exactly where documented"
+        assert upstream.check_triton_config(role, cfg) == []
 
     assert cfgs["ensemble"]["platform"] == "ensemble" and "backend" not in cfgs["ensemble"]
     assert cfgs["preprocessing"]["backend"] == cfgs["postprocessing"]["backend"] == "python"
@@ -233,7 +235,8 @@ def test_server_repository_path_is_used_in_rendered_paths(tmp_path: Path, trt_bu
 def test_a_placeholder_or_bad_bundle_writes_nothing(tmp_path: Path, trt_bundles: list[Path]) -> None:
     repo = tmp_path / "repo"
     md = ModelDir(repo / "m")
-    with pytest.raises(ModelConfigError, match=r"placeholders.*batch_scheduler_policy"):
+    # refused at render time, by the upstream-records check, before any file is written
+    with pytest.raises(RenderError, match=r"batch_scheduler_policy: template placeholder '\$\{policy\}' left"):
         materialize_version(md, load_bundle(trt_bundles[0]), 1,
                             options=ServingOptions(batch_scheduler_policy="${policy}"))
     assert not repo.exists() or not list(repo.iterdir())
