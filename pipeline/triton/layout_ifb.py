@@ -261,7 +261,6 @@ UNUSED_PARAMETERS: dict[str, dict[str, str]] = {
         "kv_cache_onboard_blocks": "internal; only meaningful with host offload",
         "iter_stats_max_iterations": "backend default",
         "request_stats_max_iterations": "backend default",
-        "gpu_device_ids": "one model instance using every GPU of the engine's world size",
         "participant_ids": "single-node orchestrator mode",
         "num_nodes": "single node",
         "lora_cache_optimal_adapter_size": "bundles carry no LoRA adapters",

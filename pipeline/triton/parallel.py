@@ -2,11 +2,12 @@
 
 The tensorrtllm backend runs a multi-GPU engine either with one MPI rank per GPU (upstream's
 `launch_triton_server.py --world_size N`, leader mode, which needs mpirun and gives up explicit
-model control across ranks) or in orchestrator mode: one tritonserver, and the backend spawns one
-executor worker per GPU (`executor_worker_path`, which trtbuild renders). Orchestrator mode is
-switched on by the environment: TensorRT-LLM triton_backend/inflight_batcher_llm/src/libtensorrtllm.cc
-(TRITONBACKEND_Initialize) and model_instance_state.cc (getParallelConfigFromParams) read
-TRTLLM_ORCHESTRATOR and treat `atoi(value) != 0` as on; see tests/data/upstream/README.md.
+model control across ranks) or in orchestrator mode: one tritonserver, and the backend spawns
+executor workers (`executor_worker_path`, which trtbuild renders). Read in NVIDIA/TensorRT-LLM
+triton_backend/inflight_batcher_llm/src/libtensorrtllm.cc at c8c6df08bd0ead54cd47f7973e1e425c28a174cd:
+line 64 (TRITONBACKEND_Initialize) reads TRTLLM_ORCHESTRATOR and treats `atoi(value) != 0` as on;
+line 162 (TRITONBACKEND_ModelInstanceInitialize) spawns `device_ids.size()` workers, and ONE when
+the model lists no gpu_device_ids, so the renderer lists every GPU of a TP/PP > 1 engine.
 trtbuild uses orchestrator mode because publish and rollback switch versions through the model
 control API of one server.
 """

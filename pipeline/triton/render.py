@@ -131,6 +131,11 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
     return {k: {"string_value": _text(v)} for k, v in values.items()}
 
 
+def _world_size(engine_cfg: dict[str, Any]) -> int:
+    tp, pp = int(engine_cfg.get("tp_size") or 1), int(engine_cfg.get("pp_size") or 1)
+    return int(engine_cfg.get("world_size") or tp * pp)
+
+
 def _upstream_params(role: str, values: dict[str, Any]) -> dict[str, Any]:
     """Every parameter of upstream's `role` template, in its order: ours where set, empty where
     unused (what upstream's own deployments do); then any of ours the template lacks."""
@@ -220,6 +225,9 @@ def render_inflight_batcher(model: str, bundle: Bundle, version: int, *, version
             "normalize_log_probs": True,
             "enable_chunked_context": o.enable_chunked_context,
             "executor_worker_path": EXECUTOR_WORKER_PATH,
+            # orchestrator mode (pipeline/triton/parallel.py) spawns one worker per listed GPU and
+            # only one when none is listed, so a TP/PP > 1 engine must list all of its GPUs
+            "gpu_device_ids": ",".join(str(i) for i in range(_world_size(engine_cfg))),
         }),
     })
     post = RenderedModel(names["postprocessing"], "postprocessing", {

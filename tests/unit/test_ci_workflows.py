@@ -204,8 +204,17 @@ def test_k8s_manifest() -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
     assert any(a.startswith("--model-repository=s3://") for a in c["args"])
-    assert "--model-control-mode=poll" in c["args"]
+    # defect 2: a TP2 engine needs 2 GPUs and orchestrator mode, an image of the engine's TensorRT
+    # line, and (two 70B copies do not fit) no poll mode that would load a version beside another
+    from pipeline.recipe.load import load_recipe
+    from pipeline.upstream import container_versions
+
+    recipe = load_recipe(ROOT / "recipes" / "llama70b.yaml").recipe
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == recipe.target.world_size == 2
+    assert "--model-control-mode=explicit" in c["args"] and f"--load-model={recipe.triton_model_name}" in c["args"]
+    assert c["image"] == container_versions()["triton_trtllm_image"]["image"]
     env = {e["name"]: e for e in c["env"]}
+    assert env["TRTLLM_ORCHESTRATOR"]["value"] == "1"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "trtbuild-s3"
     assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pipeline.cli import main
 from pipeline.recipe.hardware import GPUS
 from pipeline.triton.repository import parse_config
@@ -41,7 +42,8 @@ def config_dicts(repo: Path) -> dict[str, dict[str, Any]]:
 
     out = {}
     for cfg in repo.glob("*/config.pbtxt"):
-        out[cfg.parent.name] = json_format.MessageToDict(parse_config(cfg.read_text()), preserving_proto_field_name=True)
+        msg = parse_config(cfg.read_text())
+        out[cfg.parent.name] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     return out
 
 
@@ -79,7 +81,7 @@ def test_every_shipped_recipe_explains_cleanly(tmp_path: Path, name: str, capsys
     assert configs
     for model, cfg in configs.items():
         role = role_of(model, cfg)
-        params = set((cfg.get("parameters") or {}))
+        params = set(cfg.get("parameters") or {})
         if role in ("tensorrt_llm", "preprocessing", "postprocessing"):
             missing = set(upstream.required_triton_parameters(role)) - params
             assert not missing, (model, sorted(missing))
@@ -133,9 +135,9 @@ def test_planted_faults_are_problems_at_their_recipe_line(tmp_path: Path, capsys
     p = _child(tmp_path, "gates:\n  throughput:\n    schedule: together\npublish:\n  switch: side-by-side\n")
     code, output, doc = explain(tmp_path, p, capsys)
     assert code == 1
-    lines = [x for x in doc["problems"]]
-    assert any(x.startswith(f"{p}:9: gates.throughput.schedule: together") for x in lines), lines
-    assert any(x.startswith(f"{p}:11: publish.switch: two versions do not fit") for x in lines), lines
+    lines = list(doc["problems"])
+    assert any(x.startswith(f"{p}:8: gates.throughput.schedule: together") for x in lines), lines
+    assert any(x.startswith(f"{p}:10: publish.switch: two versions do not fit") for x in lines), lines
     assert "Traceback" not in output
 
 

@@ -157,3 +157,21 @@ def test_an_8b_engine_switches_side_by_side_with_a_fraction_that_fits_two() -> N
     # with the default 0.9 the second copy finds no room for its weights and KV cache
     default = schedule.kv_fraction_placement(size, 1, 1, gpu, 0.9)
     assert gpu - default.gpu_memory_gib < size.weights_per_gpu_gib(1) + 1
+
+
+def test_multi_gpu_engines_are_served_in_orchestrator_mode(tmp_path: Path) -> None:
+    import json
+
+    from pipeline.triton.parallel import serving_env
+
+    def bundle(model: str, version: int, backend: str, tp: int) -> None:
+        d = tmp_path / model / str(version) / "bundle"
+        d.mkdir(parents=True)
+        d.joinpath("manifest.json").write_text(json.dumps(
+            {"backend": backend, "compatibility": {"tensor_parallel": tp, "pipeline_parallel": 1}}))
+
+    bundle("small", 1, "tensorrt", 1)
+    bundle("cpu", 1, "reference", 1)
+    assert serving_env(tmp_path) == {}  # single-GPU serving stays upstream's default
+    bundle("big", 3, "tensorrt", 2)
+    assert serving_env(tmp_path) == {"TRTLLM_ORCHESTRATOR": "1"}

@@ -127,6 +127,8 @@ def test_tensorrt_repository_matches_upstream_inflight_batcher(tmp_path: Path, t
     assert engine_dir == (repo / "llama70b" / "1" / "bundle" / "engine").resolve()
     assert (engine_dir / "config.json").is_file() and (engine_dir / "rank1.engine").is_file()
     assert p["gpt_model_type"] == "inflight_fused_batching"
+    # orchestrator mode spawns one worker per listed GPU, one when none is listed (libtensorrtllm.cc:162)
+    assert p["gpu_device_ids"] == "0,1" and engine_cfg["tp_size"] == 2
     assert int(p["max_beam_width"]) == engine_cfg["max_beam_width"]
     assert float(p["kv_cache_free_gpu_mem_fraction"]) == 0.9 and p["enable_kv_cache_reuse"] == "true"
     assert p["batch_scheduler_policy"] == "guaranteed_no_evict"
