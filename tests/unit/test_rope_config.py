@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,24 @@ def test_trtllm_rotary_fields_from_either_form(tmp_path: Path) -> None:
         out = json.loads((d / "config.json").read_text())
         assert out["rotary_base"] == 500000.0 and out["rotary_scaling"]["type"] == "llama3"
         assert out["rotary_scaling"]["factor"] == 8.0 and "rope_theta" not in out["rotary_scaling"]
+
+
+TF4_PATH = os.environ.get("TRTBUILD_TRANSFORMERS4_PATH")
+
+
+@pytest.mark.skipif(not TF4_PATH, reason="set TRTBUILD_TRANSFORMERS4_PATH to a `pip install --target` dir holding "
+                                         "transformers==4.57.3, huggingface_hub<1 and tokenizers<0.23")
+def test_real_transformers_457_reads_the_fixed_config(tmp_path: Path) -> None:
+    """The stand-in above, checked against the real thing (run that way when this file was written)."""
+    d = unified(tmp_path, {**LLAMA31, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+                           "intermediate_size": 128, "vocab_size": 32})
+    code = ("import json, sys, transformers; from transformers import AutoConfig; "
+            "c = AutoConfig.from_pretrained(sys.argv[1]); "
+            "print(json.dumps([transformers.__version__, c.rope_theta, c.rope_scaling]))")
+    read = [sys.executable, "-c", code, str(d)]
+    env = {**os.environ, "PYTHONPATH": str(TF4_PATH)}
+    before = json.loads(subprocess.run(read, capture_output=True, text=True, env=env, check=True).stdout)
+    assert before == ["4.57.3", 10000.0, None]
+    fix_unified_config(d, LLAMA31)
+    after = json.loads(subprocess.run(read, capture_output=True, text=True, env=env, check=True).stdout)
+    assert after[1] == 500000.0 and after[2]["rope_type"] == "llama3" and after[2]["factor"] == 8.0
