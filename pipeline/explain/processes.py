@@ -125,36 +125,55 @@ class Planner:
                                               gib=gib, note=note))
         return plan
 
-    def _calibration_memory(self) -> tuple[list[int], float, str]:
+    def _memory_plan(self) -> Any:
+        """plan_memory as quantize will call it on the runner's GPUs (None: CPU or size unknown)."""
         from pipeline.errors import QuantizeError
         from pipeline.quant.memory import plan_memory
 
         cfg = self._config()
         if cfg is None or not schedule.on_gpu(self.r):
-            return [], 0.0, "CPU" if not schedule.on_gpu(self.r) else "model size unknown"
-        gpus = [int(self.gpu_gib * GiB)] * len(self.world)
+            return None
         try:
-            mp = plan_memory(cfg, gpus=gpus, cpu_free=host_ram_bytes(), dtype=self.r.source.dtype)
+            return plan_memory(cfg, gpus=[int(self.gpu_gib * GiB)] * len(self.world), cpu_free=host_ram_bytes(),
+                               dtype=self.r.source.dtype)
         except QuantizeError as e:
             self.problems.append(f"target: quantize on the runner's GPUs: {e}")
-            return self.world, self.gpu_gib, "does not fit"
-        used = [k for k in mp.max_memory if k != "cpu"]
-        per = min(mp.need_bytes / max(len(used), 1), max(mp.max_memory.get(k, 0) for k in used) if used else 0)
-        return [int(k) for k in used], per / GiB, mp.describe() + (f", device_map {mp.device_map}"
-                                                                     if mp.device_map else "")
+            return None
+
+    @staticmethod
+    def _gpu_share(max_memory: dict[Any, int], need: int) -> tuple[list[int], float]:
+        """GPUs a device map uses and the GiB on each (its need spread over them, capped by their limit)."""
+        gpus = sorted(int(k) for k in max_memory if k != "cpu")
+        if not gpus:
+            return [], 0.0
+        per = min(need / len(gpus), max(max_memory[g] for g in gpus))
+        return gpus, per / GiB
+
+    def _calibration_memory(self) -> tuple[list[int], float, str]:
+        mp = self._memory_plan()
+        if mp is None:
+            return [], 0.0, "CPU" if not schedule.on_gpu(self.r) else "model size unknown"
+        gpus, gib = self._gpu_share(mp.max_memory, mp.need_bytes)
+        return gpus, gib, mp.describe() + (f", device_map {mp.device_map}" if mp.device_map else "")
 
     def _export_memory(self, kind: str) -> tuple[list[int], float, str]:
-        try:
-            from pipeline.quant.quantize import export_placement  # type: ignore[attr-defined]
-        except ImportError:
-            gpus, gib, note = self._calibration_memory()
-            return gpus, gib, note + "; exports load the model as calibration did"
+        from pipeline.errors import QuantizeError
+        from pipeline.quant.memory import export_placement
+
+        mp = self._memory_plan()
         cfg = self._config()
-        if cfg is None:
-            return [], 0.0, "model size unknown"
-        placed = export_placement(cfg, kind, gpus=[int(self.gpu_gib * GiB)] * len(self.world),
-                                  cpu_free=host_ram_bytes(), dtype=self.r.source.dtype)
-        return list(placed.get("gpus", [])), float(placed.get("gpu_memory_gib", 0.0)), str(placed.get("note", ""))
+        if mp is None or cfg is None:
+            return [], 0.0, "CPU" if not schedule.on_gpu(self.r) else "model size unknown"
+        try:
+            placed = export_placement(mp, kind, config=cfg, cpu_free=host_ram_bytes(), dtype=self.r.source.dtype,
+                                      algo=self.r.quantize.algo)
+        except QuantizeError as e:
+            self.problems.append(f"target: {e}")
+            return [], 0.0, str(e)
+        if placed.device == "cpu":
+            return [], 0.0, placed.describe()
+        gpus, gib = self._gpu_share(placed.max_memory, placed.need_bytes)
+        return gpus, gib, placed.describe()
 
     def _config(self) -> dict[str, Any] | None:
         from pipeline.gpu.sizing import source_config

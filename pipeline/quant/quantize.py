@@ -20,7 +20,8 @@ from typing import Any
 from pipeline.errors import QuantizeError
 from pipeline.quant.calibration import Calibration
 from pipeline.quant.configs import KV_ALGO, QUANT_ALGO, check_block_shapes, modelopt_config
-from pipeline.quant.memory import available, plan_memory
+from pipeline.quant.memory import available, export_placement, plan_memory
+from pipeline.quant.rope import fix_trtllm_config, fix_unified_config
 from pipeline.quant.state import STATE_FILE, restore_state, save_state, state_digests
 from pipeline.util import atomic
 
@@ -87,10 +88,14 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
     # calibrate in fp32 on CPU (bf16 matmuls are slow there); export in the checkpoint's dtype
     calib_dtype = torch.float32 if plan.device == "cpu" else getattr(torch, dtype)
     export_dtype = getattr(torch, dtype)
+    # where each export runs, decided (and refused when it cannot fit) before any loading
+    placements = {kind: export_placement(plan, kind, config=config, cpu_free=cpu_free, dtype=dtype, algo=algo)
+                  for kind in sorted(exports)}
     qcfg = modelopt_config(algo, kv_cache)
     record: dict[str, Any] = {
         "algo": algo, "kv_cache": kv_cache, "quant_algo": QUANT_ALGO[algo], "kv_cache_quant_algo": KV_ALGO[kv_cache],
         "exports": sorted(exports), "device": plan.device, "memory_plan": plan.describe(),
+        "export_placement": {k: p.record() for k, p in placements.items()},
         "tensor_parallel": tensor_parallel, "pipeline_parallel": pipeline_parallel, "versions": _versions(),
         "calibration": calibration.record() if calibration else None,
         "quant_config": json.loads(json.dumps(qcfg, default=str)) if qcfg else None,
@@ -121,19 +126,22 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
         record["state"] = save_state(model, state, before)
         record["state"]["seconds"] = round(digest_seconds + time.monotonic() - t, 3)
         del model
-    for kind in sorted(exports):
+    record["config_fixes"] = {}
+    for kind, where in placements.items():
         target = out_dir / kind
         shutil.rmtree(target, ignore_errors=True)
         if qcfg is None and kind == "unified":
             _copy_checkpoint(src_dir, target)
+            record["config_fixes"][kind] = fix_unified_config(target, config)
             continue
-        model = _load(src_dir, export_dtype, plan.device, plan.device_map, plan.max_memory)
+        model = _load(src_dir, export_dtype, where.device, where.device_map, where.max_memory)
         if qcfg is not None:
             model = restore_state(model, state)
-        fixes = export_model(model, kind, target, src_dir=src_dir, config=config, dtype=export_dtype,
-                             tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
         if kind == "trtllm":
-            record["trtllm_config_fixes"] = fixes
+            record["decoder_type"] = trtllm_decoder_type(model)
+        record["config_fixes"][kind] = export_model(model, kind, target, src_dir=src_dir, config=config,
+                                                    dtype=export_dtype, tensor_parallel=tensor_parallel,
+                                                    pipeline_parallel=pipeline_parallel)
         del model
     record["seconds"] = time.monotonic() - start
     record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -141,66 +149,70 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
     return record
 
 
+def trtllm_decoder_type(model: Any) -> str:
+    """ModelOpt's own decoder_type for `model` (its MODEL_NAME_TO_TYPE: Mistral -> llama, Qwen2 -> qwen).
+
+    Not HF's model_type: ModelOpt 0.47's TensorRT-LLM export refuses "qwen2" and "mistral"
+    (tensorrt_llm_utils.py, convert_to_tensorrt_llm_config: NotImplementedError).
+    """
+    import importlib.metadata
+
+    from modelopt.torch.export.model_utils import MODEL_NAME_TO_TYPE, get_model_type
+
+    decoder = get_model_type(model)
+    if decoder is None:
+        version = importlib.metadata.version("nvidia-modelopt")
+        raise QuantizeError(f"{type(model).__name__} has no TensorRT-LLM decoder type in ModelOpt {version}'s "
+                            f"MODEL_NAME_TO_TYPE (class names containing one of: {', '.join(MODEL_NAME_TO_TYPE)}); "
+                            "use export 'unified' (build.backend pytorch) for this model")
+    return str(decoder)
+
+
 def export_model(model: Any, kind: str, target: Path, *, src_dir: Path, config: dict[str, Any], dtype: Any,
                  tensor_parallel: int = 1, pipeline_parallel: int = 1) -> list[str]:
-    """One ModelOpt export (it mutates `model`) plus tokenizer files; returns the config fixes made."""
+    """One ModelOpt export (it mutates `model`) plus tokenizer files; returns the config fixes made.
+
+    Both exports get RoPE in the form their readers use (pipeline/quant/rope.py).
+    """
     fixes: list[str] = []
     if kind == "unified":
         from modelopt.torch.export import export_hf_checkpoint
 
         export_hf_checkpoint(model, dtype=dtype, export_dir=target)
+        fixes = fix_unified_config(target, config)
     elif kind == "trtllm":
         from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
-        decoder = trtllm_decoder_type(config)
+        decoder = trtllm_decoder_type(model)
         export_tensorrt_llm_checkpoint(model, decoder, dtype=dtype, export_dir=target,
                                        inference_tensor_parallel=tensor_parallel,
                                        inference_pipeline_parallel=pipeline_parallel)
-        fixes = fix_trtllm_config(target, config)
+        fixes = fix_trtllm_config(target, config) + fix_trtllm_qwen_type(target, config, decoder)
     else:
         raise QuantizeError(f"unknown export '{kind}'")
     copy_tokenizer(src_dir, target)
     return fixes
 
 
-def trtllm_decoder_type(config: dict[str, Any]) -> str:
-    """export_tensorrt_llm_checkpoint's decoder_type for an HF config: ModelOpt's own table keyed by
-    the architecture class name (tests/data/upstream/modelopt.json), not HF's model_type."""
-    from pipeline import upstream
+def fix_trtllm_qwen_type(trtllm_dir: Path, hf_config: dict[str, Any], decoder: str) -> list[str]:
+    """Write `qwen_type`, which TensorRT-LLM's QWen model reads and ModelOpt's export leaves out here.
 
-    archs = config.get("architectures") or []
-    for arch in archs:
-        decoder = upstream.decoder_type_for(str(arch))
-        if decoder:
-            return decoder
-    raise QuantizeError(f"no ModelOpt decoder_type for architectures {archs or '(none in config.json)'}; "
-                        f"export_tensorrt_llm_checkpoint knows {', '.join(upstream.decoder_types())}")
-
-
-def fix_trtllm_config(trtllm_dir: Path, hf_config: dict[str, Any]) -> list[str]:
-    """Put back the RoPE settings ModelOpt 0.47 drops from transformers 5 configs.
-
-    transformers 5 moved `rope_theta` into `rope_parameters`, where ModelOpt's TensorRT-LLM export
-    does not look: without `rotary_base` TensorRT-LLM silently uses 10000 (SmolLM2 needs 100000).
-    Found by a helper of this project; returns what was fixed, for the record.
+    ModelOpt fills the config from TensorRT-LLM's own `QWenConfig.from_hugging_face` only when
+    tensorrt_llm imports (modelopt/torch/export/tensorrt_llm_utils.py, convert_to_tensorrt_llm_config);
+    it cannot in a ModelOpt 0.47 environment (FACTS: the two cannot share one). TensorRT-LLM's
+    QWenConfig has no default for it and QWenDecoderLayer branches on `config.qwen_type`
+    (NVIDIA/TensorRT-LLM tensorrt_llm/models/qwen/config.py at 0428c188, model.py at 04a2cacb).
     """
+    if decoder != "qwen":
+        return []
     path = trtllm_dir / "config.json"
     cfg = json.loads(path.read_text())
-    c = hf_config.get("text_config", hf_config)
-    rope = c.get("rope_parameters") if isinstance(c.get("rope_parameters"), dict) else {}
-    fixes = []
-    theta = c.get("rope_theta", rope.get("rope_theta"))
-    if theta is not None and "rotary_base" not in cfg:
-        cfg["rotary_base"] = float(theta)
-        fixes.append(f"rotary_base={float(theta)}")
-    rope_type = rope.get("rope_type") or rope.get("type")
-    if rope_type and rope_type != "default" and "rotary_scaling" not in cfg:
-        cfg["rotary_scaling"] = {**{k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type", "type")},
-                                 "type": rope_type}
-        fixes.append(f"rotary_scaling.type={rope_type}")
-    if fixes:
-        atomic.write_text(path, json.dumps(cfg, indent=4))
-    return fixes
+    if "qwen_type" in cfg:
+        return []
+    tc = hf_config.get("text_config")
+    cfg["qwen_type"] = str((tc if isinstance(tc, dict) else hf_config).get("model_type", "qwen2"))
+    atomic.write_text(path, json.dumps(cfg, indent=4))
+    return [f"qwen_type={cfg['qwen_type']}"]
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:

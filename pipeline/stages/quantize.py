@@ -31,7 +31,9 @@ class QuantizeStage(Stage):
     tools: ClassVar[tuple[str, ...]] = ("nvidia-modelopt", "torch", "transformers")
     # 2: modelopt_state.pth holds only what calibration added or changed (pipeline/quant/state.py),
     # not mto.save's full state dict; an output cached by 1 has the other format
-    code_version = 2
+    # 3: exports carry transformers-4 RoPE fields (unified rope_theta/rope_scaling), ModelOpt's own
+    # decoder_type and qwen_type; the TensorRT-LLM export of an offloaded calibration runs on the CPU
+    code_version = 3
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         r = loaded.recipe

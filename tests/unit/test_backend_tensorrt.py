@@ -96,7 +96,7 @@ def test_flag_list_is_recorded_with_its_source() -> None:
 
 
 def test_tensorrt_recipes_exist() -> None:
-    assert TENSORRT == ["llama70b", "llama8b-fp8"]
+    assert TENSORRT == ["llama70b", "llama8b-fp8", "mistral-7b", "qwen2.5-7b"]
 
 
 @pytest.mark.parametrize("name", TENSORRT)

@@ -66,19 +66,23 @@ def test_recipe_edit_plans_that_recipe_and_its_children(repo: Path) -> None:
          "pp": 1}]}
 
 
+# every recipe that extends base/hopper-trtllm.yaml, sorted as the plan lists them
+HOPPER_CHILDREN = ["recipes/llama70b-nvfp4-b200.yaml", "recipes/llama70b.yaml", "recipes/llama8b-fp8.yaml",
+                   "recipes/mistral-7b.yaml", "recipes/qwen2.5-7b.yaml"]
+
+
 def test_base_edit_plans_every_child_transitively(repo: Path) -> None:
     hopper = repo / "recipes" / "base" / "hopper-trtllm.yaml"
     hopper.write_text(hopper.read_text().replace("samples: 512", "samples: 1024"))
     commit(repo, "hopper base")
-    assert planned(repo) == ["recipes/llama70b-nvfp4-b200.yaml", "recipes/llama70b.yaml", "recipes/llama8b-fp8.yaml"]
+    assert planned(repo) == HOPPER_CHILDREN
     git(repo, "tag", "after-hopper")
 
     common = repo / "recipes" / "base" / "common.yaml"
     common.write_text(common.read_text().replace("keep_versions: 3", "keep_versions: 4"))
     commit(repo, "common base")
     # common.yaml is extended by smollm2-cpu directly and by the others through hopper-trtllm.yaml
-    assert planned(repo, "after-hopper") == ["recipes/llama70b-nvfp4-b200.yaml", "recipes/llama70b.yaml",
-                                             "recipes/llama8b-fp8.yaml", "recipes/smollm2-cpu-lm-eval.yaml",
+    assert planned(repo, "after-hopper") == [*HOPPER_CHILDREN, "recipes/smollm2-cpu-lm-eval.yaml",
                                              "recipes/smollm2-cpu.yaml"]
     plan = plan_changes("after-hopper", cwd=repo)
     by = {p.name: p for p in plan.planned}
@@ -98,11 +102,11 @@ def test_rename_plans_the_new_path_and_removes_nothing(repo: Path) -> None:
 
 def test_renamed_base_plans_its_children(repo: Path) -> None:
     git(repo, "mv", "recipes/base/hopper-trtllm.yaml", "recipes/base/hopper.yaml")
-    for name in ("llama70b.yaml", "llama8b-fp8.yaml", "llama70b-nvfp4-b200.yaml"):
-        p = repo / "recipes" / name
+    for child in HOPPER_CHILDREN:
+        p = repo / child
         p.write_text(p.read_text().replace("base/hopper-trtllm.yaml", "base/hopper.yaml"))
     commit(repo, "rename base")
-    assert planned(repo) == ["recipes/llama70b-nvfp4-b200.yaml", "recipes/llama70b.yaml", "recipes/llama8b-fp8.yaml"]
+    assert planned(repo) == HOPPER_CHILDREN
 
 
 def test_no_change_is_an_empty_matrix(repo: Path) -> None:

@@ -303,15 +303,19 @@ def test_triton_record_regenerates_from_a_tree_laid_out_like_upstream(tmp_path: 
 
 
 def test_trtllm_export_decoder_type_comes_from_modelopts_table_not_hf_model_type() -> None:
+    """The record of ModelOpt's MODEL_NAME_TO_TYPE and the installed ModelOpt (which quantize asks,
+    pipeline/quant/quantize.py trtllm_decoder_type) agree, and neither takes HF's model_type."""
+    from modelopt.torch.export.model_utils import get_model_type
+
     from pipeline.quant.quantize import QuantizeError, trtllm_decoder_type
 
-    assert trtllm_decoder_type({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}) == "llama"
-    assert trtllm_decoder_type({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}) == "qwen"
-    assert trtllm_decoder_type({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}) == "llama"
-    assert trtllm_decoder_type({"architectures": ["Llama4ForConditionalGeneration"]}) == "llama4"
+    for arch, want in (("MistralForCausalLM", "llama"), ("Qwen2ForCausalLM", "qwen"), ("LlamaForCausalLM", "llama"),
+                       ("Llama4ForConditionalGeneration", "llama4")):
+        model = type(arch, (), {})()
+        assert upstream.decoder_type_for(arch) == want == get_model_type(model) == trtllm_decoder_type(model)
     assert "mistral" not in upstream.decoder_types() and "qwen2" not in upstream.decoder_types()
-    with pytest.raises(QuantizeError, match="no ModelOpt decoder_type"):
-        trtllm_decoder_type({"model_type": "mystery", "architectures": ["MysteryForCausalLM"]})
+    with pytest.raises(QuantizeError, match="no TensorRT-LLM decoder type"):
+        trtllm_decoder_type(type("MysteryForCausalLM", (), {})())
 
 
 @pytest.mark.parametrize("backend,options", [("tensorrt", None), ("pytorch", Path("/b/llm_api_options.yaml"))])
