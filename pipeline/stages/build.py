@@ -19,8 +19,14 @@ from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
 from pipeline.util.files import link_tree
 
-# fields that change how long or where a build runs, never what it produces
-IGNORED = frozenset({"tensorrt.executor", "pytorch.executor", "tensorrt.timing_cache", "reference.threads"})
+# fields that change how long a build runs or how it is launched, never what it produces. The
+# executor's kind, python and image stay in: they name the TensorRT environment, whose versions go
+# into the bundle (a venv upgraded in place, or a re-pushed image tag, is not seen: use --force).
+IGNORED = frozenset({
+    "tensorrt.executor.timeout_s", "tensorrt.executor.command_prefix",
+    "pytorch.executor.timeout_s", "pytorch.executor.command_prefix",
+    "tensorrt.timing_cache", "reference.threads",
+})
 
 
 class BuildStage(Stage):

@@ -108,14 +108,14 @@ class LLM:
 """
 
 
-def trt_environment(tmp: Path, *, with_module: bool = False) -> Path:
-    """An interpreter (a wrapper script) that sees TensorRT 10.13.3 and TensorRT-LLM 1.2.0 installed.
+def trt_environment(tmp: Path, *, with_module: bool = False, tensorrt: str = "10.13.3") -> Path:
+    """An interpreter (a wrapper script) that sees TensorRT `tensorrt` and TensorRT-LLM 1.2.0 installed.
 
     Only their dist-info (what pip leaves) is there, and with `with_module` a tensorrt_llm package
     whose LLM records where it ran; this process sees none of it.
     """
     site = tmp / "site"
-    for dist, version in (("tensorrt", "10.13.3"), ("tensorrt_llm", "1.2.0")):
+    for dist, version in (("tensorrt", tensorrt), ("tensorrt_llm", "1.2.0")):
         info = site / f"{dist}-{version}.dist-info"
         info.mkdir(parents=True, exist_ok=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: {version}\n")
@@ -167,3 +167,22 @@ def test_pytorch_warmup_and_versions_run_under_the_executor(workspace: Path, tmp
     assert b.manifest["provenance"]["verified_on_runtime"] is True
     assert mark.is_file(), "tensorrt_llm.LLM was not called: only the executor's interpreter can import it"
     refused(check(bundle, "--target", "b200", "--tensorrt-llm", "1.1.0"), "TensorRT-LLM 1.2.0", "1.1.0")
+
+
+def test_another_build_environment_is_another_build(workspace: Path, tmp_path: Path) -> None:
+    """The executor names the TensorRT environment: a bundle built in one is not reused for another."""
+    artifacts = tmp_path / "artifacts"
+    first = trt_environment(tmp_path / "a")
+    run(recipe(workspace, "tensorrt", "h100", "fp8", "fp8", 1, executor={"kind": "subprocess", "python": str(first)}),
+        artifacts)
+    second = trt_environment(tmp_path / "b", tensorrt="10.14.1")
+    summary = run(recipe(workspace, "tensorrt", "h100", "fp8", "fp8", 1,
+                         executor={"kind": "subprocess", "python": str(second), "timeout_s": 600}), artifacts)
+    assert load_bundle(bundle_of(summary)).compatibility["tensorrt"] == "10.14.1"
+    build = next(s for s in summary["stages"] if s["name"] == "build")  # type: ignore[attr-defined]
+    assert build["status"] == "done"
+    # where it runs and how long it may take change nothing: same environment, cached
+    again = run(recipe(workspace, "tensorrt", "h100", "fp8", "fp8", 1,
+                       executor={"kind": "subprocess", "python": str(second), "timeout_s": 900}), artifacts)
+    assert bundle_of(again) == bundle_of(summary)
+    assert next(s for s in again["stages"] if s["name"] == "build")["status"] == "skipped"  # type: ignore[attr-defined]
