@@ -171,3 +171,15 @@ def test_a_finished_command_leaves_no_children(tmp_path: Path) -> None:
 def test_plain_commands_are_not_touched(tmp_path: Path) -> None:
     r = run_command([sys.executable, "-c", "print('hi')"], executor=Executor(), log=tmp_path / "log")
     assert r.argv == [sys.executable, "-c", "print('hi')"]
+
+
+def test_ctrl_c_while_a_server_starts_stops_its_container(tmp_path: Path, docker: FakeDocker) -> None:
+    def ready() -> bool:
+        if docker.containers():
+            raise KeyboardInterrupt  # Ctrl-C while waiting for readiness
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        start_server([str(docker.exe), "run", "--rm", "img"], tmp_path / "srv.log", ready=ready, timeout=20,
+                     what="fake server", interval=0.05)
+    assert docker.containers() == {}, "the server's container outlived Ctrl-C during its start"
