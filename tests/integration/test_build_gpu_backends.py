@@ -186,3 +186,33 @@ def test_another_build_environment_is_another_build(workspace: Path, tmp_path: P
                        executor={"kind": "subprocess", "python": str(second), "timeout_s": 900}), artifacts)
     assert bundle_of(again) == bundle_of(summary)
     assert next(s for s in again["stages"] if s["name"] == "build")["status"] == "skipped"  # type: ignore[attr-defined]
+
+
+def test_sigterm_to_trtbuild_stops_the_build_container(workspace: Path, tmp_path: Path) -> None:
+    """A cancelled CI job or `kill` sends SIGTERM: trtbuild stops its container as for Ctrl-C.
+
+    trtllm-build runs in a (fake) container whose PID 1 ignores SIGTERM; it never finishes here.
+    """
+    import signal
+    import time
+
+    from tests import fake_docker
+
+    docker = fake_docker.install(tmp_path)
+    ex = {"kind": "container", "image": "img", "command_prefix": [str(docker.exe), "run", "--rm"]}
+    path = recipe(workspace, "tensorrt", "h100", "fp8", "fp8", 1, executor=ex)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.__main__", "run", str(path), "--artifacts",
+                             str(tmp_path / "artifacts")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(n.startswith("trtbuild-trtllm-build-") for n in docker.containers()):
+            assert proc.poll() is None and time.monotonic() < deadline, "trtllm-build never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert docker.containers() == {}, "the build's container outlived trtbuild"
+        assert proc.returncode == 143 and "trtbuild: terminated" in err, err[-2000:]
+    finally:
+        proc.kill()
+        docker.kill_all()
