@@ -135,8 +135,11 @@ def facts_for_target(gpu: str, *, gpus: int | None = None, tensorrt: str | None 
 
 
 def detect_runtime() -> RuntimeFacts | None:
-    """On a GPU host: the GPU's compute capability from torch/NVML and installed TRT versions."""
-    import importlib.metadata
+    """On a GPU host: the GPU's compute capability from torch/NVML and installed TRT versions.
+
+    The versions are read as the build stage reads them for the bundle (backends.trtllm_versions).
+    """
+    from pipeline.backends.trtllm_versions import probe
 
     try:
         import torch
@@ -149,15 +152,10 @@ def detect_runtime() -> RuntimeFacts | None:
     except Exception:
         return None
 
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
     sm = major * 10 + minor
     gpu = next((g for g in GPUS if g != "cpu" and g in name.replace(" ", "")), f"sm{sm}")
-    return RuntimeFacts(gpu=gpu, sm=sm, tensorrt=version("tensorrt"), tensorrt_llm=version("tensorrt-llm"),
+    versions = probe()
+    return RuntimeFacts(gpu=gpu, sm=sm, tensorrt=versions["tensorrt"], tensorrt_llm=versions["tensorrt_llm"],
                         gpus=count, source="detected")
 
 

@@ -21,6 +21,7 @@ from pipeline.recipe.schema import Recipe
 from pipeline.util.atomic import write_text
 
 STAGE = "build"
+WARMUP = "pipeline.backends.pytorch:warmup_load"  # run_function target: the build stage runs it under the executor
 WARMUP_PROMPT = "The capital of France is"
 WARMUP_TOKENS = 4
 
@@ -93,7 +94,7 @@ def warmup_load(bundle_dir: str | Path, options_path: str | Path) -> dict[str, A
     if not token_ids:
         raise StageError(STAGE, f"{bundle_dir}: warm-up generation returned no tokens")
     return {
-        "trtllm_version": str(getattr(trtllm, "__version__", "unknown")),
+        "tensorrt_llm": str(getattr(trtllm, "__version__", "unknown")),  # the compatibility key's name
         "prompt": WARMUP_PROMPT,
         "tokens": len(token_ids),
         "token_ids": token_ids,

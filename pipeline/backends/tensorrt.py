@@ -143,7 +143,7 @@ def read_engine_config(engine_dir: Path) -> dict[str, Any]:
     quant = pretrained.get("quantization") or {}
     plugins = build.get("plugin_config") or {}
     return {
-        "trtllm_version": str(cfg["version"]),
+        "tensorrt_llm": str(cfg["version"]),  # the compatibility key's name for it
         "architecture": pretrained.get("architecture"),
         "dtype": pretrained.get("dtype"),
         "quant_algo": quant.get("quant_algo"),
@@ -185,8 +185,8 @@ def _check_against_recipe(recipe: Recipe, got: dict[str, Any], where: Path) -> N
     wrong = [f"{k} {got[k]!r} (recipe wants {v!r})" for k, v in want.items() if got[k] != v]
     if wrong:
         raise StageError(STAGE, f"{where}: engine does not match the recipe: {'; '.join(wrong)}")
-    if not got["trtllm_version"].startswith(facts.TRTLLM_LINE + "."):
-        raise StageError(STAGE, f"{where}: built by TensorRT-LLM {got['trtllm_version']}, the tensorrt "
+    if not got["tensorrt_llm"].startswith(facts.TRTLLM_LINE + "."):
+        raise StageError(STAGE, f"{where}: built by TensorRT-LLM {got['tensorrt_llm']}, the tensorrt "
                          f"backend supports the {facts.TRTLLM_LINE}.x line only",
                          hint="set build.tensorrt.executor to a TensorRT-LLM 1.2 environment or image")
 

@@ -89,7 +89,8 @@ class TrtllmServe(AbstractContextManager["TrtllmServe"]):
         self.port = self.port or free_port()
         try:
             self.proc = start_server(self.argv(), self.log, ready=self._ready, timeout=self.start_timeout,
-                                     what=f"trtllm-serve on port {self.port}", interval=2.0)
+                                     what=f"trtllm-serve on port {self.port}", interval=2.0,
+                                     role="trtllm-serve")
         except FileNotFoundError:
             raise ServiceError(f"{self.command[0]} not found; run the accuracy gate where TensorRT-LLM is installed "
                                "or set gates.accuracy.lm_eval.candidate.command (e.g. a container run)") from None

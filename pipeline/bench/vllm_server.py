@@ -53,7 +53,7 @@ class VllmServer(AbstractContextManager["VllmServer"]):
         self.port = self.port or free_port()
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         self.proc = start_server(self.argv(), self.log, ready=self._ready, timeout=self.start_timeout,
-                                 what=f"vLLM on port {self.port}", env=env)
+                                 what=f"vLLM on port {self.port}", env=env, role="vllm")
         return self
 
     def _ready(self) -> bool:

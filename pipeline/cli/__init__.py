@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -55,14 +57,39 @@ def _register() -> None:
 _register()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job, `kill`): unwound like Ctrl-C, so that what trtbuild started is stopped."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Python's default for SIGTERM is to die on the spot: servers and containers in their own
+    # sessions would outlive us. Raised once; a second SIGTERM must not cut the cleanup short.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    raise Terminated("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> None:
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        _main(argv)
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="trtbuild", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click turns KeyboardInterrupt (and so Terminated) into Abort
+        if isinstance(e.__cause__, Terminated):
+            click.echo("trtbuild: terminated", err=True)
+            sys.exit(143)
         click.echo("trtbuild: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
@@ -79,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"trtbuild: error: {e.one_line()}", err=True)
         sys.exit(e.exit_code)
+    except Terminated:
+        click.echo("trtbuild: terminated", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("trtbuild: interrupted", err=True)
         sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -39,6 +40,10 @@ def check(bundle: Path, target: str | None, gpus: int | None, tensor_parallel: i
                                  tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
     else:
         facts = detect_runtime() or facts_for_target("cpu")
+        # versions said on the command line are the runtime's, detected or not
+        facts = replace(facts, tensorrt=tensorrt or facts.tensorrt, tensorrt_llm=tensorrt_llm or facts.tensorrt_llm,
+                        tensor_parallel=tensor_parallel or facts.tensor_parallel,
+                        pipeline_parallel=pipeline_parallel or facts.pipeline_parallel, gpus=gpus or facts.gpus)
     problems = compatibility_problems(b.compatibility, facts)
     out.result({"bundle": str(bundle), "bundle_id": b.id, "verified": True, "runtime": facts.__dict__,
                 "compatible": not problems, "problems": problems})

@@ -169,6 +169,9 @@ def _invoke(cmd: list[str], log: Path, *, cwd: Path, timeout: float, label: str,
         except subprocess.TimeoutExpired:
             stop_process_group(proc)
             raise StageError("accuracy", f"lm-eval ({label}) ran over {timeout:.0f}s; log: {log}") from None
+        except BaseException:  # Ctrl-C: its own session does not get it, so stop it here
+            stop_process_group(proc)
+            raise
         finally:
             reader.join(timeout=10)
     if rc != 0:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.errors import ExecutorError
 from pipeline.recipe.schema import Executor
-from pipeline.util.proc import stop_process_group
+from pipeline.util.proc import spawn, stop_process_group
 
 WORKER_MODULE = "pipeline.runner.worker"
 
@@ -49,8 +49,15 @@ def command_argv(argv: list[str], executor: Executor) -> list[str]:
 
 
 def run_command(argv: list[str], *, executor: Executor, log: Path, cwd: Path | None = None,
-                timeout: float | None = None, env: dict[str, str] | None = None) -> CommandResult:
-    """Run a command to completion; raise ExecutorError with the log tail on failure."""
+                timeout: float | None = None, env: dict[str, str] | None = None,
+                role: str | None = None) -> CommandResult:
+    """Run a command to completion; raise ExecutorError with the log tail on failure.
+
+    Whatever way it ends (exit, failure, timeout, Ctrl-C), the command's process group is stopped
+    and a container run is stopped and removed by name (util.proc.stop_process_group): nothing it
+    started outlives the stage. `env` is added to the command's environment, inside a container
+    too; `role` names the container (default: the command's name).
+    """
     import time
 
     full = command_argv(argv, executor)
@@ -59,11 +66,12 @@ def run_command(argv: list[str], *, executor: Executor, log: Path, cwd: Path | N
     start = time.monotonic()
     with log.open("ab") as out:
         try:
-            proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                    env={**os.environ, **(env or {})}, start_new_session=True)
+            proc = spawn(full, role=role or Path(argv[0]).name, env={**os.environ, **(env or {})},
+                         env_keys=list(env or {}), stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         except FileNotFoundError:
             raise ExecutorError(f"{full[0]}: command not found (executor kind {executor.kind}); "
                                 "install it or set the recipe's executor", argv=full) from None
+        full = proc.argv
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -73,6 +81,7 @@ def run_command(argv: list[str], *, executor: Executor, log: Path, cwd: Path | N
         except BaseException:
             stop_process_group(proc)
             raise
+        stop_process_group(proc)  # what it left running in its group or container
     seconds = time.monotonic() - start
     if rc != 0:
         raise ExecutorError(f"{Path(full[0]).name} exited with code {rc}: {_tail(log)} (log: {log})",
@@ -97,7 +106,7 @@ def run_function(function: str, args: dict[str, Any], *, executor: Executor, log
         run_env = {"PYTHONPATH": str(_package_root()), **(env or {})}
         try:
             run_command([python, "-m", WORKER_MODULE, str(spec)], executor=executor, log=log,
-                        cwd=cwd, timeout=timeout, env=run_env)
+                        cwd=cwd, timeout=timeout, env=run_env, role=function.rpartition(":")[2])
         except ExecutorError:
             data = _read_result(result)
             if data is not None and not data.get("ok"):

@@ -9,15 +9,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.bundle import write_manifest
+from pipeline.errors import StageError
 from pipeline.quant.quantize import copy_tokenizer
 from pipeline.recipe.hardware import GPUS
 from pipeline.recipe.load import LoadedRecipe
+from pipeline.recipe.schema import Executor
+from pipeline.runner.executor import run_function
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
 from pipeline.util.files import link_tree
 
-# fields that change how long or where a build runs, never what it produces
-IGNORED = frozenset({"tensorrt.executor", "pytorch.executor", "tensorrt.timing_cache", "reference.threads"})
+# fields that change how long a build runs or how it is launched, never what it produces. The
+# executor's kind, python and image stay in: they name the TensorRT environment, whose versions go
+# into the bundle (a venv upgraded in place, or a re-pushed image tag, is not seen: use --force).
+IGNORED = frozenset({
+    "tensorrt.executor.timeout_s", "tensorrt.executor.command_prefix",
+    "pytorch.executor.timeout_s", "pytorch.executor.command_prefix",
+    "tensorrt.timing_cache", "reference.threads",
+})
 
 
 class BuildStage(Stage):
@@ -36,41 +45,60 @@ class BuildStage(Stage):
         bundle = ctx.workdir / "bundle"
         bundle.mkdir()
         quant = ctx.inputs["quantize"]
-        trt_version: str | None = None
-        trtllm_version: str | None = None
+        versions: dict[str, str | None] = {"tensorrt": None, "tensorrt_llm": None}
         if backend == "reference":
             runtime = build_reference(ctx, Path(quant.outputs["unified"]), bundle)
             verified: bool | str = "reference runtime loads the checkpoint at serve time"
         elif backend == "tensorrt":
             from pipeline.backends.tensorrt import build_engine
 
+            versions = build_versions(r.build.tensorrt.executor, ctx.workdir)
             ckpt = Path(quant.outputs["trtllm"])
             facts = build_engine(r, checkpoint_dir=ckpt, output_dir=bundle / "engine",
                                  timing_cache=Path(r.build.tensorrt.timing_cache).resolve(),
                                  log=ctx.workdir / "trtllm-build.log")
+            if versions["tensorrt_llm"] not in (None, facts["tensorrt_llm"]):
+                raise StageError(self.name, f"trtllm-build wrote an engine for TensorRT-LLM {facts['tensorrt_llm']}, "
+                                 f"but its environment has TensorRT-LLM {versions['tensorrt_llm']}",
+                                 hint="build.tensorrt.executor must name one TensorRT-LLM environment or image")
+            versions["tensorrt_llm"] = facts["tensorrt_llm"]  # the engine's own word
             (bundle / "tokenizer").mkdir()
             copy_tokenizer(ckpt, bundle / "tokenizer")
-            trtllm_version = facts.get("trtllm_version")
             runtime = {"kind": "tensorrt", "engine": "engine", "tokenizer": "tokenizer", "engine_config": facts}
             verified = "engine built by trtllm-build; loads are checked at publish"
         else:
-            from pipeline.backends.pytorch import llm_api_options, warmup_load, write_options
+            from pipeline.backends.pytorch import WARMUP, llm_api_options, write_options
 
+            executor = r.build.pytorch.executor
+            versions = build_versions(executor, ctx.workdir)
             link_tree(Path(quant.outputs["unified"]), bundle / "checkpoint")
             options = llm_api_options(r)
             write_options(bundle / "llm_api_options.yaml", options)
-            warm = warmup_load(bundle / "checkpoint", bundle / "llm_api_options.yaml")
-            trtllm_version = warm.get("tensorrt_llm") if warm else None
+            # where TensorRT-LLM is: the pytorch executor's interpreter or container
+            warm = run_function(WARMUP, {"bundle_dir": str((bundle / "checkpoint").resolve()),
+                                         "options_path": str((bundle / "llm_api_options.yaml").resolve())},
+                                executor=executor, log=ctx.workdir / "warmup.log")
             runtime = {"kind": "pytorch", "checkpoint": "checkpoint", "options": "llm_api_options.yaml"}
-            verified = bool(warm) or "not verified on a runtime (tensorrt_llm not importable here)"
-        compat = compatibility_key(ctx.loaded, quant.summary, tensorrt=trt_version, tensorrt_llm=trtllm_version)
+            verified = bool(warm) or ("not verified on a runtime (tensorrt_llm not importable in the "
+                                      f"build.pytorch executor, kind {executor.kind})")
+        compat = compatibility_key(ctx.loaded, quant.summary, **versions)
         provenance = provenance_of(ctx)
+        if backend != "reference":  # the build environment's, not this process's
+            provenance["tools"].update({"tensorrt": versions["tensorrt"], "tensorrt-llm": versions["tensorrt_llm"]})
         provenance["verified_on_runtime"] = verified
         bundle_id = write_manifest(bundle, name=r.name, backend=backend, provenance=provenance,
                                    compatibility=compat, runtime=runtime)
         return StageOutput(outputs={"bundle": "bundle"},
                            summary={"bundle_id": bundle_id, "backend": backend, "compatibility": compat},
                            digest=bundle_id)
+
+
+def build_versions(executor: Executor, workdir: Path) -> dict[str, str | None]:
+    """TensorRT and TensorRT-LLM versions where the build runs (trtllm_versions.probe under `executor`)."""
+    from pipeline.backends.trtllm_versions import PROBE
+
+    got = run_function(PROBE, {}, executor=executor, log=workdir / "versions.log")
+    return {"tensorrt": got.get("tensorrt"), "tensorrt_llm": got.get("tensorrt_llm")}
 
 
 def build_reference(ctx: StageContext, unified: Path, bundle: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.bundle import load_bundle
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
@@ -62,7 +63,8 @@ class ReleaseStage(Stage):
                 run.log_metrics(metrics)
             run.log_artifact(bundle_dir / "manifest.json", "bundle")
             run.log_artifact(ctx.loaded.path, "recipe")
-            git = (ctx.inputs["build"].summary.get("provenance") or {}).get("git_commit")
+            # the bundle's own record (the build stage's summary has no provenance)
+            git = load_bundle(bundle_dir, verify=False).manifest["provenance"].get("git_commit")
             version = registry.register_bundle(
                 r.model_name, stored.uri, bundle_id, run_id=run.run_id,
                 tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest, "git_commit": git or "",

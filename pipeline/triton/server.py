@@ -443,6 +443,9 @@ class TritonServer:
                                    f"log {self.log_path}:\n{tail}") from None
             raise ServiceError(f"tritonserver not live after {timeout:g}s (a model in load= "
                                f"may hang in initialize); log {self.log_path}:\n{tail}") from None
+        except BaseException:  # Ctrl-C: its own session does not get it, so stop it here
+            self.stop()
+            raise
 
     def _remove_shm(self) -> None:
         remove_shm(self._started_at, self._shm_seen)

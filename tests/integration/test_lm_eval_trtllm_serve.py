@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,27 @@ def test_throughput_candidate_through_trtllm_serve(served: dict[str, Any], monke
     assert point.failed == 0 and point.output_tokens == 4 * 8, point.to_json()
     argv = json.loads(argv_file.read_text())
     assert argv[0] == str(served["bundle"] / "engine") and argv[argv.index("--backend") + 1] == "tensorrt"
+
+
+def test_trtllm_serve_in_a_container_is_stopped_by_name(served: dict[str, Any], tmp_path: Path) -> None:
+    """As recipes/base/hopper-trtllm.yaml runs it: `docker run ... IMAGE trtllm-serve`, named and
+    removed by name. (The stand-in's aiohttp, like trtllm-serve's uvicorn, handles SIGTERM, so as PID 1
+    it would stop anyway; tests/unit/test_container.py has the container that does not.)"""
+    from tests import fake_docker
+
+    docker = fake_docker.install(tmp_path)
+    r = served["recipe"]
+    srv = r.gates.accuracy.lm_eval.candidate.model_copy(update={"command": [
+        str(docker.exe), "run", "--rm", "--network", "host", "img", sys.executable, str(STANDIN)]})
+    try:
+        with endpoints.serve("candidate", srv, r, source=served["source"], bundle=served["bundle"],
+                             workdir=tmp_path) as ep:
+            assert ep.model == "engine"
+            (name, pid), = docker.containers().items()
+        deadline = time.monotonic() + 10
+        while fake_docker.alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not fake_docker.alive(pid), "trtllm-serve's container outlived the gate"
+        assert name.startswith("trtbuild-trtllm-serve-") and ["rm", "-f", name] in docker.calls()
+    finally:
+        docker.kill_all()

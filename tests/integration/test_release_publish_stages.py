@@ -34,6 +34,11 @@ def test_release_and_publish(tmp_path: Path) -> None:
         "publish": {"repository": str(tmp_path / "repo"), "model_name": "tiny", "server_url": ""},
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "r.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "recipe"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     env = {**os.environ, "STORE": f"file://{tmp_path / 'store'}", "REGISTRY": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "SECRET_TOKEN": SECRET}
     r = subprocess.run([sys.executable, "-m", "pipeline.cli.__main__", "run", str(tmp_path / "r.yaml"), "--json",
@@ -53,6 +58,7 @@ def test_release_and_publish(tmp_path: Path) -> None:
     versions = reg.list_versions("tiny-release")
     assert len(versions) == 1 and "candidate" in versions[0]["aliases"]
     assert versions[0]["digest"] == bundle_id and versions[0]["source"].startswith("file://")
+    assert versions[0]["git_commit"] == head  # the recipe's commit, as the bundle's provenance records it
     # Triton repository: version 1 with the bundle, served
     md = ModelDir(tmp_path / "repo" / "tiny")
     assert md.versions() == [1] and md.served_versions() == [1] and md.bundle_id(1) == bundle_id

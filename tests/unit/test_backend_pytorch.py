@@ -177,7 +177,7 @@ def test_warmup_loads_with_the_written_options(tmp_path: Path, monkeypatch: pyte
     assert calls["init"] == {"model": str(tmp_path / "bundle"), **opts}
     assert calls["generate"][1] == {"max_tokens": 4}
     assert calls["shutdown"] is True
-    assert facts is not None and facts["tokens"] == 4 and facts["trtllm_version"] == "1.2.0"
+    assert facts is not None and facts["tokens"] == 4 and facts["tensorrt_llm"] == "1.2.0"
     json.dumps(facts)  # crosses the executor boundary as JSON
 
 

@@ -230,7 +230,7 @@ def test_build_with_standin_returns_engine_facts(tmp_path: Path, on_path: None) 
     cache = tmp_path / "cache" / "trt_timing.cache"
     facts = build_engine(tp2_recipe(), checkpoint_dir=ckpt, output_dir=tmp_path / "engine",
                          timing_cache=cache, log=tmp_path / "build.log")
-    assert facts["trtllm_version"] == "1.2.0"
+    assert facts["tensorrt_llm"] == "1.2.0"
     assert (facts["architecture"], facts["dtype"]) == ("LlamaForCausalLM", "bfloat16")
     assert (facts["quant_algo"], facts["kv_cache_quant_algo"]) == ("FP8", "FP8")
     assert (facts["tp_size"], facts["pp_size"], facts["world_size"]) == (2, 1, 2)

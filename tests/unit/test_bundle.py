@@ -116,3 +116,23 @@ def test_check_cli(tmp_path: Path) -> None:
     lines = bad.stderr.strip().splitlines()
     assert lines[-1].startswith("trtbuild: error: bundle ") and "sm90" in lines[-1]
     assert "Traceback" not in bad.stderr
+
+
+def test_check_versions_given_override_the_detected_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`trtbuild check B --tensorrt X` on a GPU host: X is the runtime's TensorRT, not ignored."""
+    import pipeline.bundle
+    from pipeline.cli import main
+
+    detected = pipeline.bundle.RuntimeFacts(gpu="h100", sm=90, tensorrt="10.14.1", tensorrt_llm="1.2.0", gpus=8,
+                                            source="detected")
+    monkeypatch.setattr(pipeline.bundle, "detect_runtime", lambda: detected)
+    d = make(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["check", str(d)])
+    assert e.value.code == 0
+    with pytest.raises(SystemExit) as e:
+        main(["check", str(d), "--tensorrt", "10.11.0"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("trtbuild: error: bundle ") and "runtime has TensorRT 10.11.0" in err[-1]
