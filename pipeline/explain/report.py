@@ -14,6 +14,7 @@ from pipeline.explain.processes import Layout, Planner, StagePlan
 from pipeline.gpu import schedule
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.util import atomic
+from pipeline.util.container import named_run
 
 EXPLAIN_FORMAT = 1
 
@@ -49,6 +50,9 @@ def explain(loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"), out_di
     switch = schedule.switch_plan(r, planner.quantized)
     stages = [planner.fetch(), planner.quantize(), planner.build(), planner.accuracy(), planner.throughput(),
               planner.release(), planner.publish(switch)]
+    for st in stages:  # container runs as the run starts them: --init and a name to stop them by
+        for proc in st.processes:
+            proc.argv = named_run(proc.argv, proc.role.split(" ")[0])[0]
     ex = Explained(str(loaded.path), r.name, {"gpu": r.target.gpu, "gpu_memory_gib": schedule.gpu_memory_gib(r),
                                                "tensor_parallel": r.target.tensor_parallel,
                                                "pipeline_parallel": r.target.pipeline_parallel,

@@ -104,6 +104,8 @@ def test_llama70b_plan_shows_the_gpu_schedule(tmp_path: Path, capsys: pytest.Cap
     assert {p["phase"] for p in acc if p["gpus"]} == {"lm-eval baseline", "lm-eval candidate"}
     build = stages["build"]["processes"][0]
     assert "trtllm-build" in build["argv"] and build["argv"][1] == "run"
+    assert build["argv"][2] == "--init" and build["argv"][3] == "--name"  # stopped by name, PID 1 handles signals
+    assert "--init" in serve["argv"] and "--network" in serve["argv"]
     assert doc["switch"]["strategy"] == "drain"
     quant = stages["quantize"]["processes"]
     assert {p["phase"] for p in quant} >= {"calibrate", "export-trtllm", "export-unified"}
