@@ -61,6 +61,45 @@ def _docker_run(argv: list[str]) -> bool:
     return len(argv) > 1 and Path(argv[0]).name in ("docker", "podman") and argv[1] == "run"
 
 
+def _mounts(argv: list[str]) -> list[str]:
+    """Container paths of `-v SRC:DST[:opts]` / `--volume` / `--mount type=bind,...,target=DST`."""
+    out = []
+    for i, a in enumerate(argv):
+        spec = None
+        if a in ("-v", "--volume") and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif a.startswith(("--volume=", "-v=")):
+            spec = a.split("=", 1)[1]
+        if spec and ":" in spec:
+            src, dst = spec.split(":")[:2]
+            if src == dst:  # the same path inside and out: what trtbuild's argv (host paths) needs
+                out.append(dst.rstrip("/") or "/")
+    return out
+
+
+def unmounted_paths(stages: list[StagePlan]) -> list[str]:
+    """A container run is given host paths (checkpoints, engines, logs): each must be inside a
+    volume mounted at the same path, or the tool inside sees nothing there."""
+    out = []
+    for st in stages:
+        for p in st.processes:
+            if not _docker_run(p.argv):
+                continue
+            mounts = _mounts(p.argv)
+            for prev, a in zip(p.argv[1:], p.argv[2:], strict=False):
+                if prev in ("-v", "--volume", "--mount"):
+                    continue
+                value = a.split("=", 1)[1] if a.startswith("--") and "=" in a else a
+                if not value.startswith("/") or value.startswith("/dev/"):
+                    continue
+                if not any(value == m or value.startswith(m.rstrip("/") + "/") for m in mounts):
+                    out.append(f"{st.name}: {p.role}: {value} is not inside a volume the container mounts at the "
+                               f"same path (mounted: {', '.join(mounts) or 'none'}); mount it in the executor's "
+                               "command_prefix (e.g. -v ${PWD}:${PWD}) or keep artifacts under it")
+                    break
+    return out
+
+
 def where_processes_run(recipe: Any, stages: list[StagePlan]) -> list[str]:
     """What this machine lacks to run the plan as is (warnings: plans are reviewed anywhere)."""
     out = []

@@ -203,7 +203,18 @@ class Planner:
         from pipeline.runner.executor import WORKER_MODULE
 
         py = "python3" if b.pytorch.executor.kind == "container" else "python"
-        argv = command_argv([py, "-m", WORKER_MODULE, "SPEC.json"], b.pytorch.executor)
+        # the spec file goes to a temporary directory beside the stage's log, in its workdir
+        spec = self.layout.out("build", "trtbuild-exec-XXXX", "spec.json")
+        argv = command_argv([py, "-m", WORKER_MODULE, str(spec)], b.pytorch.executor)
+        if b.pytorch.executor.kind == "container":
+            from pipeline.explain.checks import _mounts
+            from pipeline.runner.executor import _package_root
+
+            root = str(_package_root())
+            if not any(root == m or root.startswith(m.rstrip("/") + "/") for m in _mounts(argv)):
+                self.problems.append(f"build.pytorch.executor.command_prefix: the warm-up imports trtbuild from "
+                                     f"{root} (PYTHONPATH) but the container does not mount it; add -v {root}:{root} "
+                                     "or install trtbuild under a mounted directory")
         pl = self._trtllm_placement(b.pytorch.kv_cache_free_gpu_memory_fraction, "LLM warm-up: ")
         plan.processes.append(Process("LLM API warm-up load (tensorrt_llm.LLM)", resolve(argv), gpus=self.world,
                                       gpu_memory_gib=pl[0], phase="warm-up", note=pl[1]))

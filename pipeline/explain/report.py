@@ -62,6 +62,7 @@ def explain(loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"), out_di
         ex.problems.append(loaded.with_origin(f"publish.switch: {switch.reason.removeprefix('PROBLEM: ')}"))
     ex.problems += checks.memory(r, stages)
     ex.problems += checks.argv(stages)
+    ex.problems += checks.unmounted_paths(stages)
     ex.warnings += checks.where_processes_run(r, stages)
     if planner.source is None and schedule.on_gpu(r):
         ex.warnings.append(f"GPU memory not checked: {planner.source_from}")

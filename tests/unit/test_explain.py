@@ -30,9 +30,18 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, out.out + out.err
 
 
-def explain(tmp: Path, recipe: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict[str, Any]]:
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the hopper recipes mount ${PWD} into their containers: artifacts and trtbuild itself must be
+    # under it, as when trtbuild runs from the checkout (plan only reads artifacts/, never writes)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PWD", str(ROOT))
+
+
+def explain(tmp: Path, recipe: Path, capsys: pytest.CaptureFixture[str],
+            artifacts: Path | None = None) -> tuple[int, str, dict[str, Any]]:
     code, output = cli(capsys, "plan", str(recipe), "--explain", str(tmp / "out"), "--artifacts",
-                       str(tmp / "artifacts"))
+                       str(artifacts or ROOT / "artifacts"))
     doc = json.loads((tmp / "out" / "explain.json").read_text()) if (tmp / "out" / "explain.json").exists() else {}
     return code, output, doc
 
@@ -153,3 +162,12 @@ def test_validate_runs_the_same_checks(tmp_path: Path, capsys: pytest.CaptureFix
     p = _child(tmp_path, "gates:\n  throughput:\n    schedule: together\n")
     code, output = cli(capsys, "validate", str(p))
     assert code == 1 and "gates.throughput.schedule: together" in output
+
+
+def test_host_paths_a_container_cannot_see_are_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # artifacts outside the ${PWD} volume: trtllm-build in the container would find no checkpoint
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    code, _, doc = explain(tmp_path, ROOT / "recipes" / "llama8b-fp8.yaml", capsys, artifacts=elsewhere)
+    assert code == 1
+    assert any("trtllm-build" in x and "is not inside a volume the container mounts" in x for x in doc["problems"])
