@@ -19,9 +19,12 @@ from pipeline.cli.output import Output
 @click.option("--pp", "pipeline_parallel", type=int, help="Pipeline parallel size the deployment asks for.")
 @click.option("--tensorrt", help="TensorRT version of the runtime.")
 @click.option("--tensorrt-llm", "tensorrt_llm", help="TensorRT-LLM version of the runtime.")
+@click.option("--image", help="Serving image (nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3): its TensorRT and "
+                              "TensorRT-LLM versions from the upstream records (tests/data/upstream/containers.json).")
 @common
 def check(bundle: Path, target: str | None, gpus: int | None, tensor_parallel: int | None,
-          pipeline_parallel: int | None, tensorrt: str | None, tensorrt_llm: str | None, json_mode: bool) -> None:
+          pipeline_parallel: int | None, tensorrt: str | None, tensorrt_llm: str | None, image: str | None,
+          json_mode: bool) -> None:
     """Verify a bundle (every file's sha256) and check it fits a runtime."""
     from pipeline.bundle import (
         RuntimeFacts,
@@ -33,6 +36,16 @@ def check(bundle: Path, target: str | None, gpus: int | None, tensor_parallel: i
     from pipeline.errors import CompatibilityError
 
     out = Output(json_mode=json_mode)
+    if image is not None:
+        from pipeline import upstream
+        from pipeline.errors import UsageError
+
+        known = upstream.image_versions(image)
+        if known is None:
+            raise UsageError(f"--image {image}: not in the upstream records (tests/data/upstream/containers.json); "
+                             "give the runtime's versions with --tensorrt and --tensorrt-llm")
+        tensorrt = tensorrt or known["tensorrt"]
+        tensorrt_llm = tensorrt_llm or known["tensorrt_llm"]
     b = load_bundle(bundle)
     facts: RuntimeFacts | None
     if target is not None:

@@ -86,3 +86,26 @@ def decoder_type_for(architecture: str) -> str | None:
 def container_versions() -> dict[str, Any]:
     """Image and version facts for the TensorRT-LLM 1.2 line, with their provenance."""
     return load_record("containers")
+
+
+def image_versions(image: str) -> dict[str, Any] | None:
+    """TensorRT / TensorRT-LLM versions a Triton `<yy.mm>-trtllm-python-py3` image carries, from the
+    tensorrtllm_backend Dockerfiles recorded in containers.json (the build whose BASE_IMAGE has the
+    same yy.mm). A version the records disagree on (two backend builds on one base) is None; an image
+    the records do not know gives None."""
+    import re
+
+    m = re.fullmatch(r"(?:.*/)?tritonserver:(\d\d\.\d\d)-trtllm-python-py3", image)
+    if m is None:
+        return None
+    builds = [b for b in load_record("containers").get("tensorrtllm_backend", [])
+              if f"tritonserver:{m.group(1)}-" in str(b.get("dockerfile_args", {}).get("BASE_IMAGE", {}).get("value"))]
+    if not builds:
+        return None
+
+    def one(key: str) -> str | None:
+        values = {str(b["dockerfile_args"][key]["value"]) for b in builds if key in b.get("dockerfile_args", {})}
+        return values.pop() if len(values) == 1 else None
+
+    return {"tensorrt": one("TRT_VER"), "tensorrt_llm": one("TENSORRTLLM_VER"),
+            "sources": [f"{b['repo']}@{b['commit'][:12]} dockerfile/Dockerfile.triton.trt_llm_backend" for b in builds]}

@@ -136,3 +136,23 @@ def test_check_versions_given_override_the_detected_ones(tmp_path: Path, monkeyp
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("trtbuild: error: bundle ") and "runtime has TensorRT 10.11.0" in err[-1]
+
+
+def test_check_against_a_serving_image_uses_its_recorded_versions(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """defect 2: the k8s image must carry the engine's TensorRT; `check --image` refuses one that does not."""
+    from pipeline.cli import main
+
+    built = make(tmp_path, {**H100_ENGINE, "tensorrt": "10.14.1.48", "tensorrt_llm": "1.2.1"})
+
+    def check(*args: str) -> int:
+        with pytest.raises(SystemExit) as e:
+            main(["check", str(built), "--target", "h100", *args])
+        return int(e.value.code or 0)
+
+    assert check("--image", "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3") == 0
+    assert check("--image", "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3") == 1  # TRT 10.13, TRT-LLM 1.1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "runtime has TensorRT 10.13.3.9" in err and "runtime has TensorRT-LLM 1.1.0" in err
+    assert check("--image", "nvcr.io/nvidia/tritonserver:24.01-trtllm-python-py3") == 2
+    assert "not in the upstream records" in capsys.readouterr().err
