@@ -249,3 +249,45 @@ def test_tensorrt_bundle_is_refused_by_a_server_without_tensorrtllm(server: tupl
     # without a server the rendered repository is written (it loads only where the backend exists)
     done = publish_bundle(bundle, tmp_path / "offline", "llama70b", facts=h100)
     assert done.version == 1 and (tmp_path / "offline" / "llama70b_v1_tensorrt_llm" / "config.pbtxt").is_file()
+
+
+class TimedLoad(Load):
+    """Load that also notes when each failure happened."""
+
+    def __init__(self, url: str, model: str) -> None:
+        super().__init__(url, model)
+        self.failed_at: list[float] = []
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                g = self.client.stream(self.model, "The object", max_tokens=3, ignore_eos=True)
+                self.versions.append(g.model_version)
+            except TrtbuildError as e:
+                self.errors.append(str(e))
+                self.failed_at.append(time.monotonic())
+                time.sleep(0.02)
+
+
+def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[TritonServer, Path],
+                                                                 bundles: dict[str, Path]) -> None:
+    """The strategy for models of which two versions do not fit on the GPUs: the serving version is
+    unloaded before the new one loads. Clients see the model unavailable for the new version's
+    load time; publish reports that window and the client's view agrees with it."""
+    srv, repo = server
+    url = srv.http_url
+    model = "tiny-drain"
+    publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
+    with TimedLoad(url, model) as load:
+        res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url, switch="drain")
+    assert res.version == 2 and ModelDir(repo / model).served_versions() == [2]
+    downtime = res.seconds["downtime"]
+    assert downtime > 0 and load.failed_at, "a drain has a window in which the model answers nothing"
+    seen = load.failed_at[-1] - load.failed_at[0]
+    assert seen <= downtime + 1.0  # the client's window is inside what publish reports
+    assert collapse(load.versions) == [1, 2]  # never both: v1 was gone before v2 loaded
+    print(f"drain downtime: publish {downtime:.3f}s, client saw failures for {seen:.3f}s "
+          f"({len(load.errors)} failed requests)")
+    with TimedLoad(url, model) as load:
+        back = rollback(repo, model, server_url=url, switch="drain")
+    assert back.version == 1 and back.seconds["downtime"] > 0 and collapse(load.versions) == [2, 1]
