@@ -64,6 +64,11 @@ def explain(loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"), out_di
     ex.problems += checks.argv(stages)
     ex.problems += checks.unmounted_paths(stages)
     ex.warnings += checks.where_processes_run(r, stages)
+    if r.build.backend == "tensorrt" and r.build.tensorrt.executor.kind == "container":
+        # an engine loads only under the TensorRT it was built with: the serving image must match
+        ex.warnings.append(f"build image {r.build.tensorrt.executor.image}: its TensorRT version is not in the "
+                           "upstream records (containers.json); the bundle records the probed versions, and "
+                           "`trtbuild check BUNDLE --image <serving image>` refuses a mismatch before deploy")
     if planner.source is None and schedule.on_gpu(r):
         ex.warnings.append(f"GPU memory not checked: {planner.source_from}")
     if out_dir is not None:
