@@ -126,6 +126,7 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
         record["state"] = save_state(model, state, before)
         record["state"]["seconds"] = round(digest_seconds + time.monotonic() - t, 3)
         del model
+        release_gpu_memory()
     record["config_fixes"] = {}
     for kind, where in placements.items():
         target = out_dir / kind
@@ -143,10 +144,28 @@ def quantize_checkpoint(src_dir: Path, out_dir: Path, *, algo: str, kv_cache: st
                                                     dtype=export_dtype, tensor_parallel=tensor_parallel,
                                                     pipeline_parallel=pipeline_parallel)
         del model
+        release_gpu_memory()
     record["seconds"] = time.monotonic() - start
     record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     atomic.write_text(out_dir / "quantize.json", json.dumps(record, indent=2, sort_keys=True))
     return record
+
+
+def release_gpu_memory() -> None:
+    """Give the GPU memory a deleted model held back to the driver.
+
+    Quantize runs inside the trtbuild process, which lives on through the gates: torch's caching
+    allocator would otherwise keep the calibration model's blocks reserved, and the vLLM baseline
+    (which wants gpu_memory_utilization of each GPU free at start) or trtllm-serve would run out of
+    memory on a GPU that nothing is using.
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def trtllm_decoder_type(model: Any) -> str:

@@ -175,3 +175,22 @@ def test_multi_gpu_engines_are_served_in_orchestrator_mode(tmp_path: Path) -> No
     assert serving_env(tmp_path) == {}  # single-GPU serving stays upstream's default
     bundle("big", 3, "tensorrt", 2)
     assert serving_env(tmp_path) == {"TRTLLM_ORCHESTRATOR": "1"}
+
+
+def test_quantize_gives_gpu_memory_back_after_each_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quantize stage runs in trtbuild's process; the gates' servers start later in the same run
+    and need the GPU memory free, so each deleted model's cached blocks go back to the driver."""
+    import torch
+
+    from pipeline.quant import quantize
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    quantize.release_gpu_memory()
+    assert calls == ["empty_cache"]
+    import inspect
+
+    src = inspect.getsource(quantize.quantize_checkpoint)
+    assert src.count("del model") == src.count("release_gpu_memory()") >= 2
