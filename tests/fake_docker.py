@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,30 @@ def install(tmp: Path) -> FakeDocker:
     exe.write_text(f"#!{sys.executable}\n" + SCRIPT.replace("__STATE__", repr(str(state))))
     exe.chmod(0o755)
     return FakeDocker(bin_dir, exe, state)
+
+
+@contextlib.contextmanager
+def ctrl_c_after(seconds: int) -> Iterator[None]:
+    """Raise KeyboardInterrupt in the main thread after `seconds`, as a Ctrl-C would."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def assert_gone(pid: int, what: str, *, wait: float = 5.0) -> None:
+    """`pid` exits within `wait` seconds (it is killed either way, so a failing test leaves nothing)."""
+    deadline = time.monotonic() + wait
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not alive(pid), what
+    finally:
+        kill(pid)

@@ -25,12 +25,7 @@ def measure(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
     opts = r.gates.accuracy.lm_eval
     source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
     bundle = Path(ctx.inputs["build"].outputs["bundle"])
-    settings = lmeval.Settings(
-        python=interpolate_string(opts.python) if opts.python else sys.executable,
-        include_path=include_path(ctx.loaded, opts.include_path), num_concurrent=opts.num_concurrent,
-        batch_size=opts.batch_size, max_length=r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
-        run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args),
-        model_args=tuple((k, str(v)) for k, v in opts.model_args.items()))
+    settings = settings_for(ctx.loaded)
     tasks = [lmeval.LmEvalTask(t.name, t.data, t.metric, t.filter, t.num_fewshot, t.limit) for t in task_cfgs]
     out = ctx.workdir / "lm-eval"
     sides: dict[str, lmeval.SideRun] = {}
@@ -60,6 +55,18 @@ def measure(ctx: StageContext, task_cfgs: list[Any]) -> list[Any]:
             lmeval_cache.save(cached, sides[side])
         ctx.reporter.info(f"lm-eval {side} ({kind}): {sides[side].seconds:.1f}s")
     return [lmeval.pair(t, sides["baseline"].samples[t.name], sides["candidate"].samples[t.name]) for t in tasks]
+
+
+def settings_for(loaded: LoadedRecipe) -> lmeval.Settings:
+    """How the harness runs for this recipe (the accuracy stage and `plan --explain` both use it)."""
+    r = loaded.recipe
+    opts = r.gates.accuracy.lm_eval
+    return lmeval.Settings(
+        python=interpolate_string(opts.python) if opts.python else sys.executable,
+        include_path=include_path(loaded, opts.include_path), num_concurrent=opts.num_concurrent,
+        batch_size=opts.batch_size, max_length=r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
+        run_timeout_s=float(opts.run_timeout_s), extra_args=tuple(opts.extra_args),
+        model_args=tuple((k, str(v)) for k, v in opts.model_args.items()))
 
 
 def task_files_digest(loaded: LoadedRecipe) -> str:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import StageError
 from pipeline.gpu import schedule
 from pipeline.gpu.sizing import GiB, ModelSize, recipe_size
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
@@ -309,13 +310,13 @@ class Planner:
 
     def _lm_eval(self, side: str, tasks: list[str], phase: str) -> Process:
         from pipeline.eval import lmeval
+        from pipeline.eval.lmeval_sides import settings_for
 
-        opts = self.r.gates.accuracy.lm_eval
-        settings = lmeval.Settings(python=interpolate_string(opts.python) if opts.python else sys.executable,
-                                   num_concurrent=opts.num_concurrent, batch_size=opts.batch_size,
-                                   max_length=self.r.build.max_seq_len, request_timeout_s=opts.request_timeout_s,
-                                   extra_args=tuple(opts.extra_args),
-                                   model_args=tuple((k, str(v)) for k, v in opts.model_args.items()))
+        try:
+            settings = settings_for(self.loaded)
+        except StageError as e:  # a missing include_path: the same error the stage would give
+            self.problems.append(e.one_line())
+            return Process(f"lm-eval client ({side})", [], phase=phase, note=str(e))
         ts = [lmeval.LmEvalTask(t, t) for t in tasks]
         ep = lmeval.Endpoint(f"http://127.0.0.1:{PORT}", side, self.source_dir())
         argv = lmeval.argv(settings, ts, ep, self.layout.out("accuracy", "lm-eval", side))

@@ -73,6 +73,7 @@ class Load:
         self.client = LLMClient(url, timeout=60)
         self.versions: list[int | None] = []
         self.errors: list[str] = []
+        self.failed_at: list[float] = []  # when each failure happened (a drain's window)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -83,6 +84,8 @@ class Load:
                 self.versions.append(g.model_version)
             except TrtbuildError as e:
                 self.errors.append(str(e))
+                self.failed_at.append(time.monotonic())
+                time.sleep(0.02)
 
     def __enter__(self) -> Load:
         self.thread.start()
@@ -251,24 +254,6 @@ def test_tensorrt_bundle_is_refused_by_a_server_without_tensorrtllm(server: tupl
     assert done.version == 1 and (tmp_path / "offline" / "llama70b_v1_tensorrt_llm" / "config.pbtxt").is_file()
 
 
-class TimedLoad(Load):
-    """Load that also notes when each failure happened."""
-
-    def __init__(self, url: str, model: str) -> None:
-        super().__init__(url, model)
-        self.failed_at: list[float] = []
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                g = self.client.stream(self.model, "The object", max_tokens=3, ignore_eos=True)
-                self.versions.append(g.model_version)
-            except TrtbuildError as e:
-                self.errors.append(str(e))
-                self.failed_at.append(time.monotonic())
-                time.sleep(0.02)
-
-
 def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[TritonServer, Path],
                                                                  bundles: dict[str, Path]) -> None:
     """The strategy for models of which two versions do not fit on the GPUs: the serving version is
@@ -278,7 +263,7 @@ def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[T
     url = srv.http_url
     model = "tiny-drain"
     publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
-    with TimedLoad(url, model) as load:
+    with Load(url, model) as load:
         res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url, switch="drain")
     assert res.version == 2 and ModelDir(repo / model).served_versions() == [2]
     downtime = res.seconds["downtime"]
@@ -288,6 +273,6 @@ def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[T
     assert collapse(load.versions) == [1, 2]  # never both: v1 was gone before v2 loaded
     print(f"drain downtime: publish {downtime:.3f}s, client saw failures for {seen:.3f}s "
           f"({len(load.errors)} failed requests)")
-    with TimedLoad(url, model) as load:
+    with Load(url, model) as load:
         back = rollback(repo, model, server_url=url, switch="drain")
     assert back.version == 1 and back.seconds["downtime"] > 0 and collapse(load.versions) == [2, 1]

@@ -21,7 +21,7 @@ from pipeline.runner.executor import run_command, run_function
 from pipeline.util.container import is_container_run, named_run
 from pipeline.util.proc import start_server, stop_process_group
 from tests import fake_docker
-from tests.fake_docker import FakeDocker, alive
+from tests.fake_docker import FakeDocker, alive, ctrl_c_after
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,17 +117,8 @@ def test_executor_timeout_stops_the_container(tmp_path: Path, docker: FakeDocker
 def test_executor_interrupt_stops_the_container(tmp_path: Path, docker: FakeDocker) -> None:
     ex = Executor(kind="container", image="img", command_prefix=[str(docker.exe), "run", "--rm"], timeout_s=60)
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_command(["sleep", "600"], executor=ex, log=tmp_path / "log")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    with ctrl_c_after(2), pytest.raises(KeyboardInterrupt):
+        run_command(["sleep", "600"], executor=ex, log=tmp_path / "log")
     assert docker.containers() == {}, "the container outlived Ctrl-C"
 
 

@@ -147,33 +147,15 @@ def test_baseline_cache_round_trip_and_keys(tmp_path: Path) -> None:
 
 def test_interrupted_lm_eval_does_not_outlive_the_gate(tmp_path: Path) -> None:
     """lm-eval runs in its own session, so Ctrl-C does not reach it: stopping it is our job."""
-    import signal
     import sys
-    import time
 
     from pipeline.eval.lmeval import _invoke
-    from tests.fake_docker import alive, kill
+    from tests.fake_docker import assert_gone, ctrl_c_after
 
     pidfile = tmp_path / "lm-eval.pid"
     code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _invoke([sys.executable, "-c", code], tmp_path / "log", cwd=tmp_path, timeout=60, label="candidate",
-                    on_line=None)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        assert not alive(pid), "lm-eval kept running after Ctrl-C"
-    finally:
-        kill(pid)
+    with ctrl_c_after(2), pytest.raises(KeyboardInterrupt):
+        _invoke([sys.executable, "-c", code], tmp_path / "log", cwd=tmp_path, timeout=60, label="candidate",
+                on_line=None)
+    assert_gone(int(pidfile.read_text()), "lm-eval kept running after Ctrl-C")

@@ -6,15 +6,13 @@ A stand-in binary (never ready) shows it without a real tritonserver.
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.triton.server import TritonInstall, TritonServer
-from tests.fake_docker import alive, kill
+from tests.fake_docker import assert_gone, ctrl_c_after
 
 
 def test_interrupted_start_stops_the_server(tmp_path: Path) -> None:
@@ -27,22 +25,6 @@ def test_interrupted_start_stops_the_server(tmp_path: Path) -> None:
     server = TritonServer(TritonInstall(binary=binary, source="explicit"), log_path=tmp_path / "triton.log",
                           startup_timeout=60)
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            server.start(tmp_path / "repo")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        assert not alive(pid), "tritonserver kept running after Ctrl-C during its start"
-    finally:
-        kill(pid)
+    with ctrl_c_after(2), pytest.raises(KeyboardInterrupt):
+        server.start(tmp_path / "repo")
+    assert_gone(int(pidfile.read_text()), "tritonserver kept running after Ctrl-C during its start", wait=10)
