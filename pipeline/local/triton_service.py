@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.errors import ServiceError
 from pipeline.local import process
 from pipeline.triton import _http
+from pipeline.triton.parallel import serving_env
 from pipeline.triton.server import locate_tritonserver, remove_shm, server_argv
 from pipeline.util.net import free_port
 
@@ -58,7 +59,9 @@ def start_triton(root: Path, repository: Path, *, preferred_http: int | None = N
                            mode="explicit", load=models_in(repository))
         offset = process.log_size(log)
         started = time.time()
-        proc, info = process.spawn_detached(argv, env=install.environment(), log_path=log, cwd=root)
+        # orchestrator mode when the repository holds a multi-GPU engine (pipeline/triton/parallel.py)
+        env = {**install.environment(), **serving_env(repository)}
+        proc, info = process.spawn_detached(argv, env=env, log_path=log, cwd=root)
         try:
             process.wait_ready(proc, hp, live, timeout=timeout, what="tritonserver", interval=0.1)
         except TimeoutError as e:

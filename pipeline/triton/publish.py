@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -38,6 +39,7 @@ from pipeline.triton.repository import (
 )
 
 SWITCHES = ("side-by-side", "drain", "rolling")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,6 +154,12 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
         return Published(model, existing, bundle.id, str(repository), previous, [], False, {}, already=True)
     if server_url:
         require_backend(server_url, bundle.backend, timeout=min(load_timeout, 60.0))
+    world = int(bundle.compatibility.get("tensor_parallel") or 1) * int(bundle.compatibility.get("pipeline_parallel")
+                                                                       or 1)
+    if server_url and bundle.backend == "tensorrt" and world > 1:
+        # the server's environment cannot be read through its API: say what it needs
+        log.warning("a TP x PP = %d engine loads only on a tritonserver in TensorRT-LLM orchestrator mode "
+                    "(TRTLLM_ORCHESTRATOR=1, as `trtbuild serve` and ci/k8s/triton.yaml start it)", world)
     created = existing is None
     version = existing if existing is not None else (max(md.versions(), default=0) + 1)
     if created:
