@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.explain.processes import StagePlan
 from pipeline.gpu import schedule
+from pipeline.util.container import is_container_run, same_path_mounts
 
 # the upstream tools whose command lines are checked against tests/data/upstream records
 CHECKED_TOOLS = ("trtllm-build", "trtllm-serve")
@@ -57,35 +58,15 @@ def argv(stages: list[StagePlan]) -> list[str]:
     return out
 
 
-def _docker_run(argv: list[str]) -> bool:
-    return len(argv) > 1 and Path(argv[0]).name in ("docker", "podman") and argv[1] == "run"
-
-
-def _mounts(argv: list[str]) -> list[str]:
-    """Container paths of `-v SRC:DST[:opts]` / `--volume` / `--mount type=bind,...,target=DST`."""
-    out = []
-    for i, a in enumerate(argv):
-        spec = None
-        if a in ("-v", "--volume") and i + 1 < len(argv):
-            spec = argv[i + 1]
-        elif a.startswith(("--volume=", "-v=")):
-            spec = a.split("=", 1)[1]
-        if spec and ":" in spec:
-            src, dst = spec.split(":")[:2]
-            if src == dst:  # the same path inside and out: what trtbuild's argv (host paths) needs
-                out.append(dst.rstrip("/") or "/")
-    return out
-
-
 def unmounted_paths(stages: list[StagePlan]) -> list[str]:
     """A container run is given host paths (checkpoints, engines, logs): each must be inside a
     volume mounted at the same path, or the tool inside sees nothing there."""
     out = []
     for st in stages:
         for p in st.processes:
-            if not _docker_run(p.argv):
+            if not is_container_run(p.argv):
                 continue
-            mounts = _mounts(p.argv)
+            mounts = same_path_mounts(p.argv)
             for prev, a in zip(p.argv[1:], p.argv[2:], strict=False):
                 if prev in ("-v", "--volume", "--mount"):
                     continue
@@ -108,7 +89,7 @@ def where_processes_run(recipe: Any, stages: list[StagePlan]) -> list[str]:
         for p in st.processes:
             if not p.argv:
                 continue
-            if _docker_run(p.argv):
+            if is_container_run(p.argv):
                 if inside:
                     out.append(f"{st.name}: {p.role} starts a container (`{p.argv[0]} run`) but this machine is "
                                "itself a container: run trtbuild on the GPU host (see ci/README.md)")

@@ -208,11 +208,11 @@ class Planner:
         spec = self.layout.out("build", "trtbuild-exec-XXXX", "spec.json")
         argv = command_argv([py, "-m", WORKER_MODULE, str(spec)], b.pytorch.executor)
         if b.pytorch.executor.kind == "container":
-            from pipeline.explain.checks import _mounts
             from pipeline.runner.executor import _package_root
+            from pipeline.util.container import same_path_mounts
 
             root = str(_package_root())
-            if not any(root == m or root.startswith(m.rstrip("/") + "/") for m in _mounts(argv)):
+            if not any(root == m or root.startswith(m.rstrip("/") + "/") for m in same_path_mounts(argv)):
                 self.problems.append(f"build.pytorch.executor.command_prefix: the warm-up imports trtbuild from "
                                      f"{root} (PYTHONPATH) but the container does not mount it; add -v {root}:{root} "
                                      "or install trtbuild under a mounted directory")

@@ -148,3 +148,19 @@ def _already_gone(stderr: str) -> bool:
     low = stderr.lower()
     # docker: "No such container"; podman: "no container with name or ID ... found"; a --rm in progress
     return "no such container" in low or "no container with name" in low or "already in progress" in low
+
+
+def same_path_mounts(argv: Sequence[str]) -> list[str]:
+    """Container paths of `-v SRC:DST[:opts]` / `--volume` / `--mount type=bind,...,target=DST`."""
+    out = []
+    for i, a in enumerate(argv):
+        spec = None
+        if a in ("-v", "--volume") and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif a.startswith(("--volume=", "-v=")):
+            spec = a.split("=", 1)[1]
+        if spec and ":" in spec:
+            src, dst = spec.split(":")[:2]
+            if src == dst:  # the same path inside and out: what trtbuild's argv (host paths) needs
+                out.append(dst.rstrip("/") or "/")
+    return out
