@@ -31,6 +31,7 @@ from pipeline.store.base import (
     TransferProgress,
     check_bundle_id,
 )
+from pipeline.store.s3_download import RangedDownload
 
 MiB = 1 << 20
 SHA256_META = "sha256"
@@ -371,34 +372,44 @@ class S3BundleStore(BundleStore):
 
     def _fetch_files(
         self, bundle_id: str, files: tuple[FileEntry, ...], dest: Path, progress: TransferProgress
-    ) -> Generator[tuple[FileEntry, Path], None, None]:
-        sub = _Progress(progress).subscriber
-        with self._errors("get"), self._manager() as mgr:
-            futures = [
-                (
-                    f,
-                    dest / f.path,
-                    mgr.download(
-                        self.bucket,
-                        self._file_key(bundle_id, f.path),
-                        str(dest / f.path),
-                        subscribers=[sub],
-                    ),
-                )
-                for f in files
-            ]
-            for entry, path, fut in futures:
-                try:
-                    fut.result()
-                except Exception as e:
-                    if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
-                        raise StoreError(
-                            f"{entry.path}: {self.object_uri(bundle_id, entry.path)} is missing "
-                            "from the store although the manifest lists it; delete the bundle "
-                            "and release it again"
-                        ) from None
-                    raise
-                yield entry, path
+    ) -> Generator[tuple[FileEntry, Path, str | None], None, None]:
+        """Parallel ranged GETs, each part written and hashed as it arrives (s3_download.py):
+        the sha256 comes with the file, nobody reads it back."""
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+        from urllib3.exceptions import ProtocolError
+
+        download = RangedDownload(
+            self.client, self.bucket, concurrency=self.concurrency, part_size=self.chunk,
+            progress=progress,
+            streaming_errors=(ResponseStreamingError, ReadTimeoutError, ConnectionClosedError,
+                              IncompleteReadError, ProtocolError),
+        )  # fmt: skip
+        jobs = [(f, dest / f.path, self._file_key(bundle_id, f.path)) for f in files]
+        results = download.run(jobs)
+        with self._errors("get"):
+            try:
+                for index in range(len(jobs)):
+                    try:
+                        entry, path, digest = next(results)
+                    except StopIteration:
+                        return
+                    except Exception as e:
+                        if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
+                            rel = jobs[index][0].path
+                            raise StoreError(
+                                f"{rel}: {self.object_uri(bundle_id, rel)} is missing from the "
+                                "store although the manifest lists it; delete the bundle and "
+                                "release it again"
+                            ) from None
+                        raise
+                    yield entry, path, digest
+            finally:
+                results.close()  # stops the parts in flight when a check failed early
 
     def _list_ids(self) -> list[str]:
         base = self._key(BUNDLES_DIR) + "/"
