@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from pipeline.store.base import (
     TransferProgress,
     check_bundle_id,
 )
-from pipeline.store.s3_download import RangedDownload
+from pipeline.store.s3_download import fetch_hashed
 
 MiB = 1 << 20
 SHA256_META = "sha256"
@@ -373,8 +373,8 @@ class S3BundleStore(BundleStore):
     def _fetch_files(
         self, bundle_id: str, files: tuple[FileEntry, ...], dest: Path, progress: TransferProgress
     ) -> Generator[tuple[FileEntry, Path, str | None], None, None]:
-        """Parallel ranged GETs, each part written and hashed as it arrives (s3_download.py):
-        the sha256 comes with the file, nobody reads it back."""
+        """One stream per file, `concurrency` files at a time (largest first), each hashed as its
+        bytes arrive (s3_download.py): the sha256 comes with the file, nothing reads it back."""
         from botocore.exceptions import (
             ConnectionClosedError,
             IncompleteReadError,
@@ -383,33 +383,36 @@ class S3BundleStore(BundleStore):
         )
         from urllib3.exceptions import ProtocolError
 
-        download = RangedDownload(
-            self.client, self.bucket, concurrency=self.concurrency, part_size=self.chunk,
-            progress=progress,
-            streaming_errors=(ResponseStreamingError, ReadTimeoutError, ConnectionClosedError,
-                              IncompleteReadError, ProtocolError),
-        )  # fmt: skip
-        jobs = [(f, dest / f.path, self._file_key(bundle_id, f.path)) for f in files]
-        results = download.run(jobs)
-        with self._errors("get"):
-            try:
-                for index in range(len(jobs)):
+        retryable = (ResponseStreamingError, ReadTimeoutError, ConnectionClosedError,
+                     IncompleteReadError, ProtocolError)  # fmt: skip
+        client = self.client
+        cancelled = threading.Event()
+
+        def fetch(entry: FileEntry) -> tuple[FileEntry, Path, str | None]:
+            path = dest / entry.path
+            digest = fetch_hashed(client, self.bucket, self._file_key(bundle_id, entry.path), path,
+                                  progress=progress, retryable=retryable, cancelled=cancelled)
+            return entry, path, digest
+
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-get")
+        futures = {pool.submit(fetch, f): f for f in sorted(files, key=lambda f: -f.size)}
+        try:
+            with self._errors("get"):
+                for fut in as_completed(futures):
                     try:
-                        entry, path, digest = next(results)
-                    except StopIteration:
-                        return
+                        yield fut.result()
                     except Exception as e:
                         if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
-                            rel = jobs[index][0].path
+                            rel = futures[fut].path
                             raise StoreError(
                                 f"{rel}: {self.object_uri(bundle_id, rel)} is missing from the "
                                 "store although the manifest lists it; delete the bundle and "
                                 "release it again"
                             ) from None
                         raise
-                    yield entry, path, digest
-            finally:
-                results.close()  # stops the parts in flight when a check failed early
+        finally:
+            cancelled.set()  # stops the streams in flight when a file failed or a check did
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _list_ids(self) -> list[str]:
         base = self._key(BUNDLES_DIR) + "/"
