@@ -180,8 +180,8 @@ def test_get_refuses_a_flipped_byte(s3_env: S3Service, s3_uri: str, tmp_path: Pa
 def test_get_refuses_a_flipped_byte_in_a_middle_part(
     s3_env: S3Service, s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hashed as the parts arrive (out of order, 5 MiB each): the damage is still found, by name,
-    without reading the file back, and nothing is left under the destination."""
+    """Hashed as the bytes arrive (a multipart object, 5 MiB parts): the damage is still found, by
+    name, without reading the file back, and nothing is left under the destination."""
     files = small_files()
     files["weights/big.bin"] = os.urandom(23 * MiB)
     src = tmp_path / "b"
@@ -195,7 +195,7 @@ def test_get_refuses_a_flipped_byte_in_a_middle_part(
     key = s3_uri.removeprefix("s3://trtbuild-test/") + f"/bundles/{bid}/files/weights/big.bin"
     obj = client.get_object(Bucket="trtbuild-test", Key=key)
     data = bytearray(obj["Body"].read())
-    data[12 * MiB + 7] ^= 0x01  # the third of five parts
+    data[12 * MiB + 7] ^= 0x01  # inside the third of five parts
     client.put_object(Bucket="trtbuild-test", Key=key, Body=bytes(data), Metadata=obj["Metadata"])
 
     from pipeline.store import base
