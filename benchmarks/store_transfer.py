@@ -7,7 +7,8 @@ compresses or dedupes) and measures, in the same run:
 
   ours    S3BundleStore.put / .get: local sha256 check of every file before the upload, one
           transfer manager for all files (parallel parts across files), sha256 metadata, the
-          manifest last; on the way down every file is verified against the manifest.
+          manifest last; on the way down one stream per file (files in parallel), each hashed
+          as its bytes arrive and verified against the manifest.
   boto3   client.upload_file / download_file with boto3's default TransferConfig, file after
           file, no verification at all.
 
@@ -197,7 +198,7 @@ def main() -> None:
         print(f"{'boto3':8}{mbps(payload, b_up):>14.0f}{mbps(payload, b_down):>16.0f}   {plain}")
         print(
             f"{'ours':8}{mbps(payload, o_up):>14.0f}{mbps(payload, o_down):>16.0f}   "
-            f"(concurrency {args.concurrency}, {args.chunk_mib} MiB parts, sha256 verified)"
+            f"(concurrency {args.concurrency}, {args.chunk_mib} MiB upload parts, sha256 verified)"
         )
         ratio = f"{b_up / o_up:>13.2f}x{b_down / o_down:>15.2f}x"
         print(f"{'ratio':8}{ratio}   (ours vs boto3; >1 is faster)")
