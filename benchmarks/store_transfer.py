@@ -7,11 +7,14 @@ compresses or dedupes) and measures, in the same run:
 
   ours    S3BundleStore.put / .get: local sha256 check of every file before the upload, one
           transfer manager for all files (parallel parts across files), sha256 metadata, the
-          manifest last; on the way down every file is verified against the manifest.
+          manifest last; on the way down one stream per file (files in parallel), each hashed
+          as its bytes arrive and verified against the manifest.
   boto3   client.upload_file / download_file with boto3's default TransferConfig, file after
           file, no verification at all.
 
-MB/s are 10^6 bytes per second of bundle payload.
+MB/s are 10^6 bytes per second of bundle payload. "CPU s/GB" is this process's CPU time (all
+threads, user + system) per 10^9 bytes: on a shared machine wall-clock rates swing with the load
+of others, the client's own CPU cost much less (SeaweedFS's CPU is not in it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import tempfile
@@ -85,6 +89,11 @@ def mbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 
 
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,52 +143,53 @@ def main() -> None:
         client = boto3.session.Session().client("s3", endpoint_url=rec["endpoint"])
         bundle = work / "bundle"
 
-        def boto3_round(r: int) -> tuple[float, float]:
+        def boto3_round(r: int) -> tuple[float, float, float, float]:
             """boto3 defaults, file after file, no verification."""
             os.sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             for p in files:
                 client.upload_file(str(p), BUCKET, f"plain{r}/{p.relative_to(bundle).as_posix()}")
-            up = time.perf_counter() - t
+            up, up_cpu = time.perf_counter() - t, cpu_seconds() - c
             out_dir = work / f"plain{r}"
             for p in files:
                 (out_dir / p.relative_to(bundle)).parent.mkdir(parents=True, exist_ok=True)
             os.sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             for p in files:
                 rel = p.relative_to(bundle).as_posix()
                 client.download_file(BUCKET, f"plain{r}/{rel}", str(out_dir / rel))
-            down = time.perf_counter() - t
+            down, down_cpu = time.perf_counter() - t, cpu_seconds() - c
             shutil.rmtree(out_dir)
-            return up, down
+            return up, down, up_cpu, down_cpu
 
-        def ours_round(r: int) -> tuple[float, float]:
+        def ours_round(r: int) -> tuple[float, float, float, float]:
             store = open_store(
                 f"s3://{BUCKET}/store{r}",
                 concurrency=args.concurrency,
                 multipart_chunksize=args.chunk_mib * MiB,
             )
             os.sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             stored = store.put(bundle)
-            up = time.perf_counter() - t
+            up, up_cpu = time.perf_counter() - t, cpu_seconds() - c
             if stored.bundle_id != bid or stored.uploaded_bytes != payload:
                 raise SystemExit(f"unexpected put result: {stored}")
             os.sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             store.get(bid, work / f"got{r}")
-            down = time.perf_counter() - t
+            down, down_cpu = time.perf_counter() - t, cpu_seconds() - c
             shutil.rmtree(work / f"got{r}")
-            return up, down
+            return up, down, up_cpu, down_cpu
 
-        results: dict[str, list[tuple[float, float]]] = {"boto3": [], "ours": []}
+        results: dict[str, list[tuple[float, float, float, float]]] = {"boto3": [], "ours": []}
         for r in range(args.rounds):
             # Alternate which goes first: the second of a pair runs on a warmer, dirtier cache.
             order = [("boto3", boto3_round), ("ours", ours_round)]
             for name, fn in order if r % 2 == 0 else order[::-1]:
                 results[name].append(fn(r))
-                up, down = results[name][-1]
-                rates = f"up {mbps(payload, up):4.0f} MB/s, down {mbps(payload, down):4.0f} MB/s"
+                up, down, up_cpu, down_cpu = results[name][-1]
+                rates = (f"up {mbps(payload, up):4.0f} MB/s, down {mbps(payload, down):4.0f} MB/s; "
+                         f"CPU s/GB up {up_cpu / payload * 1e9:.2f}, down {down_cpu / payload * 1e9:.2f}")
                 print(f"  round {r} {name:5}: {rates}")
 
         store = open_store(f"s3://{BUCKET}/store0")
@@ -187,20 +197,24 @@ def main() -> None:
         again = store.put(bundle)
         o_noop = time.perf_counter() - t
 
-        b_up = statistics.median(u for u, _ in results["boto3"])
-        b_down = statistics.median(d for _, d in results["boto3"])
-        o_up = statistics.median(u for u, _ in results["ours"])
-        o_down = statistics.median(d for _, d in results["ours"])
+        def med(name: str, i: int) -> float:
+            return statistics.median(row[i] for row in results[name])
+
+        b_up, b_down, b_upc, b_downc = (med("boto3", i) for i in range(4))
+        o_up, o_down, o_upc, o_downc = (med("ours", i) for i in range(4))
+        gb = payload / 1e9
         print(f"median of {args.rounds} rounds")
-        print(f"{'':8}{'upload MB/s':>14}{'download MB/s':>16}")
+        print(f"{'':8}{'upload MB/s':>14}{'download MB/s':>16}{'up CPU s/GB':>14}{'down CPU s/GB':>16}")
         plain = "(defaults, no verification)"
-        print(f"{'boto3':8}{mbps(payload, b_up):>14.0f}{mbps(payload, b_down):>16.0f}   {plain}")
+        print(f"{'boto3':8}{mbps(payload, b_up):>14.0f}{mbps(payload, b_down):>16.0f}"
+              f"{b_upc / gb:>14.2f}{b_downc / gb:>16.2f}   {plain}")
         print(
-            f"{'ours':8}{mbps(payload, o_up):>14.0f}{mbps(payload, o_down):>16.0f}   "
-            f"(concurrency {args.concurrency}, {args.chunk_mib} MiB parts, sha256 verified)"
+            f"{'ours':8}{mbps(payload, o_up):>14.0f}{mbps(payload, o_down):>16.0f}"
+            f"{o_upc / gb:>14.2f}{o_downc / gb:>16.2f}   "
+            f"(concurrency {args.concurrency}, {args.chunk_mib} MiB upload parts, sha256 verified)"
         )
-        ratio = f"{b_up / o_up:>13.2f}x{b_down / o_down:>15.2f}x"
-        print(f"{'ratio':8}{ratio}   (ours vs boto3; >1 is faster)")
+        ratio = f"{b_up / o_up:>13.2f}x{b_down / o_down:>15.2f}x{b_upc / o_upc:>13.2f}x{b_downc / o_downc:>15.2f}x"
+        print(f"{'ratio':8}{ratio}   (ours vs boto3; >1 is faster / cheaper)")
         print(
             f"re-put of the released bundle: {o_noop:.2f}s (already_stored={again.already_stored})"
         )

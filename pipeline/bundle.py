@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.errors import CompatibilityError, IntegrityError
 from pipeline.recipe.hardware import GPUS, sm_label
+from pipeline.store.base import parse_manifest
 from pipeline.util import atomic
 from pipeline.util.hashing import canonical_json, file_entries, iter_content_files, sha256_bytes, sha256_file
 
@@ -78,6 +79,9 @@ def read_manifest(bundle_dir: Path) -> tuple[dict[str, Any], str]:
     if manifest.get("schema_version") != MANIFEST_SCHEMA:
         raise IntegrityError(f"{path}: manifest schema_version {manifest.get('schema_version')} is not "
                              f"supported (this trtbuild reads {MANIFEST_SCHEMA}); upgrade trtbuild")
+    # the store's rule for the file list (paths inside the bundle, sizes, digests): one rule,
+    # whether the bundle came from a build, a store or someone's hand
+    parse_manifest(data, str(path))
     return manifest, sha256_bytes(data)
 
 

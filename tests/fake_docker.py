@@ -159,13 +159,18 @@ def ctrl_c_after(seconds: int) -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGALRM is also pytest-timeout's: its handler and timer are put back afterwards, so the
+    # test keeps its timeout (less the time spent here)
     old = signal.signal(signal.SIGALRM, interrupt)
-    signal.alarm(seconds)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
     try:
         yield
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, outer - (time.monotonic() - start)))
 
 
 def assert_gone(pid: int, what: str, *, wait: float = 5.0) -> None:

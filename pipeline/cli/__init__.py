@@ -32,6 +32,16 @@ def common(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def model_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """click callback: an option or argument that names a model passes pipeline/names.py's rule."""
+    from pipeline.names import check_name
+
+    if value is None:
+        return value
+    what = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    return check_name(value, f"{ctx.command_path} {what}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="trtbuild")
 @click.option("--json", "json_mode", is_flag=True, help="Machine output (JSON) on stdout.")

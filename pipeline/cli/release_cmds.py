@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import common
+from pipeline.cli import common, model_name
 from pipeline.cli.output import Output
 
 ROOT = click.option("--root", type=click.Path(path_type=Path), default=Path("artifacts/local"), show_default=True,
@@ -83,7 +83,7 @@ def status(root: Path, json_mode: bool) -> None:
 
 
 @click.command()
-@click.argument("model")
+@click.argument("model", callback=model_name)
 @click.option("--version", "version", type=int, help="Version to promote (default: the 'candidate' alias).")
 @REGISTRY
 @common
@@ -98,7 +98,7 @@ def promote(model: str, version: int | None, registry: str, json_mode: bool) -> 
 
 
 @click.command(name="list")
-@click.argument("model")
+@click.argument("model", callback=model_name)
 @REGISTRY
 @common
 def list_(model: str, registry: str, json_mode: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import common
+from pipeline.cli import common, model_name
 from pipeline.cli.output import Output
 
 REPO = click.option("--repository", type=click.Path(path_type=Path), default=Path("triton_repo"), show_default=True,
@@ -67,7 +67,7 @@ SWITCH = click.option(
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--model", required=True, help="Triton model name.")
+@click.option("--model", required=True, callback=model_name, help="Triton model name.")
 @REPO
 @SERVER
 @click.option("--keep", type=int, default=3, show_default=True, help="Version directories kept on disk.")
@@ -94,14 +94,14 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 
 
 @click.command()
-@click.argument("model")
+@click.argument("model", callback=model_name)
 @click.option("--to", "to_version", type=int, help="Triton version to serve (default: the previous one).")
 @REPO
 @SERVER
 @click.option("--registry", "registry", default=None, is_flag=False, flag_value="env",
               help="Move MLflow's 'production' alias back one version and serve the bundle it now "
                    "points at (URI, or bare for $MLFLOW_TRACKING_URI).")
-@click.option("--registered-model", help="MLflow registered model (default: MODEL; a recipe's "
+@click.option("--registered-model", callback=model_name, help="MLflow registered model (default: MODEL; a recipe's "
                                          "release.model_name when it differs from publish.model_name).")
 @click.option("--triton/--no-triton", default=True, help="Change what Triton serves (default on).")
 @SERVER_REPO

@@ -23,16 +23,16 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.errors import RecipeError
+from pipeline.names import ModelName, name_problem
 from pipeline.recipe.schema import NAME_RE, GpuName, Positive, Strict
 
 DIGEST_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
-TRITON_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class ModelState(Strict):
     """One Triton model and the bundle it must serve: exactly one of version, alias, digest."""
 
-    registered_model: str | None = Field(
+    registered_model: ModelName | None = Field(
         None, description="MLflow registered model the version or alias belongs to (the recipe's "
                           "release.model_name). Needed with version and alias; with digest only when "
                           "no store is given.")
@@ -104,8 +104,9 @@ class DesiredState(Strict):
         if not v:
             raise ValueError("no models; list at least one Triton model and its bundle")
         for name in v:
-            if not re.match(TRITON_NAME_RE, name):
-                raise ValueError(f"'{name}' is not a usable Triton model name (letters, digits, _ . -)")
+            problem = name_problem(name)
+            if problem is not None:
+                raise ValueError(f"model key {problem}")
         return v
 
     @field_validator("server_url", "registry", "store")

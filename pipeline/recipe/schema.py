@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.names import RULE, ModelName
+
 RECIPE_FORMAT = 1
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # An HF commit sha: a revision that cannot move under you.
@@ -372,7 +374,7 @@ class Release(Strict):
         "${MLFLOW_TRACKING_URI:-sqlite:///artifacts/mlflow.db}",
         description="MLflow tracking URI (sqlite:///path or http(s)://server).",
     )
-    model_name: str = Field(description="Registered model name in MLflow.")
+    model_name: ModelName = Field(description="Registered model name in MLflow (pipeline/names.py: " + RULE + ").")
     experiment: str = Field("trtbuild", description="MLflow experiment of the pipeline runs.")
     alias: str = Field("candidate", description="Alias set on the new version after a passing run.")
     upload_concurrency: Positive = Field(8, description="Parallel upload streams.")
@@ -397,7 +399,8 @@ class Publish(Strict):
     repository: str = Field(
         "${TRTBUILD_TRITON_REPO:-triton_repo}", description="Triton model repository (path or s3:// prefix)."
     )
-    model_name: str | None = Field(None, description="Triton model name (default: the recipe name).")
+    model_name: ModelName | None = Field(
+        None, description="Triton model name (default: the recipe name; pipeline/names.py: " + RULE + ").")
     keep_versions: Positive = Field(3, description="Version directories kept on disk; older ones are pruned.")
     server_url: str | None = Field(
         "${TRTBUILD_TRITON_URL:-}",

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from pipeline.errors import RegistryError
+from pipeline.names import check_name
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -345,6 +346,7 @@ class MlflowRegistry:
 
         `tags`: recipe_digest, gate verdicts (`gate.<name>`: pass/fail), git_commit, ...
         """
+        check_name(model_name, "registered model")
         with self.errors(f"register model '{model_name}'"):
             self._ensure_model(model_name)
         existing = self.find_version(model_name, bundle_id)

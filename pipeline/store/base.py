@@ -332,8 +332,8 @@ class BundleStore(ABC):
                 checks: list[Future[None]] = []
                 fetched = self._fetch_files(bundle_id, manifest.files, tmp, prog)
                 try:
-                    for entry, path in fetched:
-                        checks.append(pool.submit(self._verify_fetched, bundle_id, entry, path))
+                    for entry, path, digest in fetched:
+                        checks.append(pool.submit(self._verify_fetched, bundle_id, entry, path, digest))
                         _raise_first_failure(checks)
                 except BaseException:
                     fetched.close()  # stops in-flight downloads when a check failed early
@@ -394,14 +394,18 @@ class BundleStore(ABC):
     @abstractmethod
     def _fetch_files(
         self, bundle_id: str, files: tuple[FileEntry, ...], dest: Path, progress: TransferProgress
-    ) -> Generator[tuple[FileEntry, Path], None, None]:
-        """Download every file under `dest`; yield each one as it completes (then verified)."""
+    ) -> Generator[tuple[FileEntry, Path, str | None], None, None]:
+        """Download every file under `dest`; yield each one as it completes (then verified).
+
+        The third item is the sha256 of the bytes written, when the store hashed them on the way
+        in (one pass over the data); None has the file read again and hashed after.
+        """
 
     @abstractmethod
     def _list_ids(self) -> builtins.list[str]: ...
 
     # ---- shared helpers
-    def _verify_fetched(self, bundle_id: str, entry: FileEntry, path: Path) -> None:
+    def _verify_fetched(self, bundle_id: str, entry: FileEntry, path: Path, digest: str | None = None) -> None:
         size = path.stat().st_size
         if size != entry.size:
             raise IntegrityError(
@@ -409,7 +413,7 @@ class BundleStore(ABC):
                 f"the manifest says {entry.size}; the stored copy is damaged: delete the "
                 "bundle from the store and release it again"
             )
-        if sha256_file(path) != entry.sha256:
+        if (digest if digest is not None else sha256_file(path)) != entry.sha256:
             raise IntegrityError(
                 f"{entry.path}: {self.object_uri(bundle_id, entry.path)} does not match its "
                 "sha256 in the manifest; the stored copy is damaged: delete the bundle from "

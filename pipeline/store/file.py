@@ -153,8 +153,8 @@ class FileBundleStore(BundleStore):
 
     def _fetch_files(
         self, bundle_id: str, files: tuple[FileEntry, ...], dest: Path, progress: TransferProgress
-    ) -> Generator[tuple[FileEntry, Path], None, None]:
-        def fetch(entry: FileEntry) -> tuple[FileEntry, Path]:
+    ) -> Generator[tuple[FileEntry, Path, str | None], None, None]:
+        def fetch(entry: FileEntry) -> tuple[FileEntry, Path, str | None]:
             src = self._file(bundle_id, entry.path)
             if not src.is_file():
                 raise StoreError(
@@ -164,7 +164,7 @@ class FileBundleStore(BundleStore):
             out = dest / entry.path
             _copy(src, out, progress)
             out.chmod(0o644)
-            return entry, out
+            return entry, out, None  # hashed again after the copy
 
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="store-get")
         futs = [pool.submit(fetch, f) for f in files]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from pipeline.store.base import (
     TransferProgress,
     check_bundle_id,
 )
+from pipeline.store.s3_download import fetch_hashed
 
 MiB = 1 << 20
 SHA256_META = "sha256"
@@ -371,34 +372,47 @@ class S3BundleStore(BundleStore):
 
     def _fetch_files(
         self, bundle_id: str, files: tuple[FileEntry, ...], dest: Path, progress: TransferProgress
-    ) -> Generator[tuple[FileEntry, Path], None, None]:
-        sub = _Progress(progress).subscriber
-        with self._errors("get"), self._manager() as mgr:
-            futures = [
-                (
-                    f,
-                    dest / f.path,
-                    mgr.download(
-                        self.bucket,
-                        self._file_key(bundle_id, f.path),
-                        str(dest / f.path),
-                        subscribers=[sub],
-                    ),
-                )
-                for f in files
-            ]
-            for entry, path, fut in futures:
-                try:
-                    fut.result()
-                except Exception as e:
-                    if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
-                        raise StoreError(
-                            f"{entry.path}: {self.object_uri(bundle_id, entry.path)} is missing "
-                            "from the store although the manifest lists it; delete the bundle "
-                            "and release it again"
-                        ) from None
-                    raise
-                yield entry, path
+    ) -> Generator[tuple[FileEntry, Path, str | None], None, None]:
+        """One stream per file, `concurrency` files at a time (largest first), each hashed as its
+        bytes arrive (s3_download.py): the sha256 comes with the file, nothing reads it back."""
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            IncompleteReadError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+        from urllib3.exceptions import ProtocolError
+
+        retryable = (ResponseStreamingError, ReadTimeoutError, ConnectionClosedError,
+                     IncompleteReadError, ProtocolError)  # fmt: skip
+        client = self.client
+        cancelled = threading.Event()
+
+        def fetch(entry: FileEntry) -> tuple[FileEntry, Path, str | None]:
+            path = dest / entry.path
+            digest = fetch_hashed(client, self.bucket, self._file_key(bundle_id, entry.path), path,
+                                  progress=progress, retryable=retryable, cancelled=cancelled)
+            return entry, path, digest
+
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-get")
+        futures = {pool.submit(fetch, f): f for f in sorted(files, key=lambda f: -f.size)}
+        try:
+            with self._errors("get"):
+                for fut in as_completed(futures):
+                    try:
+                        yield fut.result()
+                    except Exception as e:
+                        if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
+                            rel = futures[fut].path
+                            raise StoreError(
+                                f"{rel}: {self.object_uri(bundle_id, rel)} is missing from the "
+                                "store although the manifest lists it; delete the bundle and "
+                                "release it again"
+                            ) from None
+                        raise
+        finally:
+            cancelled.set()  # stops the streams in flight when a file failed or a check did
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _list_ids(self) -> list[str]:
         base = self._key(BUNDLES_DIR) + "/"

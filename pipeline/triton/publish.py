@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline.bundle import RuntimeFacts, check_compatible, load_bundle
 from pipeline.errors import ServiceError
+from pipeline.names import check_name
 from pipeline.triton import history
 from pipeline.triton.render import SERVER_BACKENDS, ServingOptions
 from pipeline.triton.repository import (
@@ -144,6 +145,7 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
     serving one; drain unloads the serving one first (for models of which two copies do not fit
     on the GPUs); rolling writes the repository only (replicas restart into it one at a time).
     """
+    check_name(model, "model")
     bundle = load_bundle(bundle_dir)  # every file's sha256, before anything is written
     check_compatible(bundle, facts)
     md = ModelDir(repository / model)
@@ -250,6 +252,7 @@ def rollback(repository: Path, model: str, *, server_url: str | None, to: int | 
     every file verified) and re-materialized under its number; if that or the switch fails, the
     repository and what serves are left as they were.
     """
+    check_name(model, "model")
     md = ModelDir(repository / model)
     served = md.served_versions()
     if not served:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from pipeline.bundle import RuntimeFacts, check_compatible, load_bundle
 from pipeline.errors import ServiceError
+from pipeline.names import check_name
 from pipeline.triton import pbtxt
 from pipeline.triton.publish import Published, smoke_check
 from pipeline.triton.render import REFERENCE_SHIM
@@ -192,6 +193,7 @@ def publish_bundle_s3(bundle_dir: Path, repo: S3ModelRepository, model: str, *, 
                       keep: int = 3, server_url: str | None = None, load_timeout: float = 300.0,
                       smoke_prompt: str = "The capital of France is", instances: int = 1) -> Published:
     """publish_bundle for an s3:// repository: the same checks, order and cleanup on failure."""
+    check_name(model, "model")
     bundle = load_bundle(bundle_dir)  # every file's sha256, before anything is written
     check_compatible(bundle, facts)
     if bundle.backend != "reference":

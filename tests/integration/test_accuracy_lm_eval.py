@@ -20,7 +20,8 @@ from pipeline.eval import endpoints, gate, lmeval
 from pipeline.recipe.load import load_recipe
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# longer than the 600 s default (pyproject.toml): its trtbuild runs (a fixture, a test) allow 1500 s each
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 TASKS = [{"name": "copy", "kind": "lm-eval", "data": "trtbuild_copy", "metric": "exact_match", "limit": 30},
          {"name": "mc-facts", "kind": "lm-eval", "data": "trtbuild_mc_facts", "metric": "acc", "limit": 30}]
 

@@ -17,7 +17,8 @@ from pipeline.bundle import compatibility_problems, facts_for_target, load_bundl
 from tests.conftest import ROOT
 from tests.tiny_model import save_tiny_checkpoint
 
-pytestmark = pytest.mark.integration
+# longer than the 600 s default (pyproject.toml): the build fixture allows its run 600 s
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 STAND_IN = ROOT / "tests/data/trtllm"
 
 

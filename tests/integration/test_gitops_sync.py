@@ -28,7 +28,8 @@ from pipeline.triton.server import TritonServer, locate_tritonserver
 from tests.conftest import ROOT
 from tests.integration.test_publish_triton import MODEL, Load, collapse, make_bundle
 
-pytestmark = pytest.mark.integration
+# longer than the 600 s default (pyproject.toml): the release fixture allows its run 600 s, then a sync
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 REGISTERED = "tiny-release"
 
 

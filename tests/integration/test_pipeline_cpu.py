@@ -14,7 +14,8 @@ import yaml
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# longer than the 600 s default (pyproject.toml): the build fixture allows its run 900 s
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def write_recipe(d: Path, samples: int) -> Path:

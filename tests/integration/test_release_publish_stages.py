@@ -18,7 +18,8 @@ from pipeline.triton.repository import ModelDir
 from tests.conftest import ROOT
 from tests.tiny_model import save_tiny_checkpoint
 
-pytestmark = pytest.mark.integration
+# longer than the 600 s default (pyproject.toml): two trtbuild runs of up to 600 s each in one test
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 SECRET = "s3cr3t-value-planted-by-the-test"  # noqa: S105
 
 

@@ -26,7 +26,8 @@ import yaml
 from tests.conftest import ROOT
 from tests.tiny_model import save_tiny_checkpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# longer than the 600 s default (pyproject.toml): several trtbuild runs of up to 600 s each in one test
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 CLI = [sys.executable, "-m", "pipeline.cli.__main__"]
 
 

@@ -23,7 +23,8 @@ from tests.integration.test_gitops_sync import REGISTERED, released
 from tests.integration.test_publish_triton import MODEL, Load, collapse
 from tests.integration.triton_fixtures import start_triton, triton_install, write_echo_model
 
-pytestmark = pytest.mark.integration
+# longer than the 600 s default (pyproject.toml): a trtbuild run of up to 600 s
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 __all__ = ["released", "s3_env", "s3_uri", "seaweed_s3", "start_triton", "triton_install"]
 
 

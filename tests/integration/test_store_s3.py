@@ -177,6 +177,53 @@ def test_get_refuses_a_flipped_byte(s3_env: S3Service, s3_uri: str, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_get_refuses_a_flipped_byte_in_a_middle_part(
+    s3_env: S3Service, s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashed as the bytes arrive (a multipart object, 5 MiB parts): the damage is still found, by
+    name, without reading the file back, and nothing is left under the destination."""
+    files = small_files()
+    files["weights/big.bin"] = os.urandom(23 * MiB)
+    src = tmp_path / "b"
+    bid = make_bundle(src, files)
+    store = open_store(s3_uri, multipart_chunksize=5 * MiB, concurrency=3)
+    store.put(src)
+    good = store.get(bid, tmp_path / "good")
+    assert (good / "weights/big.bin").read_bytes() == files["weights/big.bin"]
+
+    client = s3_env.client()
+    key = s3_uri.removeprefix("s3://trtbuild-test/") + f"/bundles/{bid}/files/weights/big.bin"
+    obj = client.get_object(Bucket="trtbuild-test", Key=key)
+    data = bytearray(obj["Body"].read())
+    data[12 * MiB + 7] ^= 0x01  # inside the third of five parts
+    client.put_object(Bucket="trtbuild-test", Key=key, Body=bytes(data), Metadata=obj["Metadata"])
+
+    from pipeline.store import base
+
+    def no_read_back(path: Path) -> str:
+        raise AssertionError(f"{path} read back: the S3 store hashes while downloading")
+
+    monkeypatch.setattr(base, "sha256_file", no_read_back)
+    with pytest.raises(IntegrityError, match=r"weights/big\.bin: .* does not match its sha256"):
+        store.get(bid, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-out")]  # no staging left
+
+
+def test_get_names_a_missing_object(s3_env: S3Service, s3_uri: str, tmp_path: Path) -> None:
+    files = small_files()
+    files["weights/big.bin"] = os.urandom(11 * MiB)
+    src = tmp_path / "b"
+    bid = make_bundle(src, files)
+    store = open_store(s3_uri, multipart_chunksize=5 * MiB)
+    store.put(src)
+    prefix = s3_uri.removeprefix("s3://trtbuild-test/") + f"/bundles/{bid}/files/"
+    s3_env.client().delete_object(Bucket="trtbuild-test", Key=prefix + "weights/big.bin")
+    with pytest.raises(StoreError, match=r"weights/big\.bin: .* is missing from the store"):
+        store.get(bid, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_wrong_credentials_one_line_no_secret(
     s3_env: S3Service, s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,8 @@ from pipeline.backends.reference.pacing import FAULT_ENV, MIN_STEP_ENV
 from tests.conftest import ROOT
 from tests.tiny_model import save_tiny_checkpoint
 
-pytestmark = pytest.mark.integration
+# longer than the 600 s default (pyproject.toml): the build fixture allows its run 900 s
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 # Step clock of both servers: the tiny model computes a step in a few ms, so with 20 ms the time
 # per token is the clock's, not the machine's load (see the test's docstring for the margins).
