@@ -36,7 +36,9 @@ def common(fn: F) -> F:
 @click.version_option(__version__, "--version", prog_name="trtbuild")
 @click.option("--json", "json_mode", is_flag=True, help="Machine output (JSON) on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def cli(json_mode: bool, debug: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="run: stream libraries' and child processes' output instead of logging it per stage.")
+def cli(json_mode: bool, debug: bool, verbose: bool) -> None:
     """Turn a Hugging Face checkpoint into a gated, versioned LLM release served by Triton.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 a gate failed.
