@@ -60,9 +60,10 @@ class ThroughputStage(Stage):
         except ValueError as e:
             raise StageError("throughput", str(e)) from None
         source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
-        tok = AutoTokenizer.from_pretrained(source)
-        prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
-                                        prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
+        with ctx.progress("loading the tokenizer and making prompts"):
+            tok = AutoTokenizer.from_pretrained(source)
+            prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
+                                            prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
         from pipeline.gpu.schedule import throughput_servers
 
         servers = throughput_servers(r, ctx.loaded.path.parent, checkpoint=source)
@@ -175,9 +176,11 @@ class ThroughputStage(Stage):
         repo.mkdir()
         try:
             server = TritonServer(locate_tritonserver(None), log_path=ctx.workdir / "candidate-triton.log")
-            with server.start(repo):
-                publish_bundle(bundle, repo, "candidate",
-                               facts=facts_for_target("cpu"), server_url=server.http_url)
+            with contextlib.ExitStack() as stack:
+                with ctx.progress("starting tritonserver and loading the candidate"):
+                    stack.enter_context(server.start(repo))
+                    publish_bundle(bundle, repo, "candidate",
+                                   facts=facts_for_target("cpu"), server_url=server.http_url)
                 yield TritonEndpoint(server.http_url, "candidate", name="candidate")
         finally:
             shutil.rmtree(repo, ignore_errors=True)
