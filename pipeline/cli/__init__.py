@@ -46,7 +46,15 @@ def cli(json_mode: bool, debug: bool, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from pipeline.cli import bench_cmds, bundle_cmds, gitops_cmds, recipe_cmds, release_cmds, serve_cmds
+    from pipeline.cli import (
+        bench_cmds,
+        bundle_cmds,
+        gitops_cmds,
+        recipe_cmds,
+        release_cmds,
+        report_cmds,
+        serve_cmds,
+    )
 
     recipe_cmds.register(cli)
     bundle_cmds.register(cli)
@@ -54,6 +62,7 @@ def _register() -> None:
     release_cmds.register(cli)
     gitops_cmds.register(cli)
     bench_cmds.register(cli)
+    report_cmds.register(cli)
 
 
 _register()

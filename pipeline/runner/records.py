@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,15 @@ class RunRecord:
 
     def stage(self, name: str) -> StageRecord:
         return next(s for s in self.stages if s.name == name)
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        """A record as save() wrote it; fields a newer trtbuild added are ignored, missing ones defaulted."""
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(StageRecord)}
+        stages = [StageRecord(**{k: v for k, v in s.items() if k in known}) for s in data.get("stages", [])]
+        top = {f.name for f in fields(cls)} - {"stages"}
+        return cls(stages=stages, **{k: v for k, v in data.items() if k in top})
 
     def logs_path(self, artifacts: Path) -> Path:
         """Where this run's stage logs go: artifacts/runs/<run_id>/."""
