@@ -55,6 +55,7 @@ def report(run_ref: str, html_file: Path | None, open_browser: bool, artifacts: 
         from pipeline.util import atomic
 
         atomic.write_text(html_file, render_html(rep))
+        html_file.chmod(0o644)  # made to be shared (a CI artifact, a mail); mkstemp gave 0600
         out.human(f"\n[bold]html[/]: {html_file}")
         result["html"] = str(html_file)
         if open_browser:

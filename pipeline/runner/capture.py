@@ -9,6 +9,7 @@ descriptors (os.dup2), not just `sys.stdout`, catches all of them; trtbuild's ow
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -47,8 +48,7 @@ class OutputCapture:
         log.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            # sys.stdout may not be fd 1 (replaced by a caller): send Python-level prints to the log too
-            with _fds_to(fd), contextlib.redirect_stdout(sys.stderr):
+            with _fds_to(fd), _python_streams():
                 yield log
         finally:
             os.close(fd)
@@ -74,6 +74,32 @@ def _fds_to(fd: int) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for f in saved:
             os.close(f)
+
+
+def _on_fd(stream: object, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _python_streams() -> Iterator[None]:
+    """Python-level prints follow fd 2 even where a caller (pytest, an embedding program) replaced
+    sys.stdout/sys.stderr with objects that are not fds 1 and 2.
+
+    The stream handed out is never closed: a logging handler made during a stage keeps it, and
+    writes through it to whatever fd 2 is later (the terminal, the next stage's log).
+    """
+    out: TextIO = sys.stderr if _on_fd(sys.stderr, 2) else _fd2_stream()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        yield
+    out.flush()
+
+
+@functools.cache
+def _fd2_stream() -> TextIO:
+    return open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
 
 
 def _flush() -> None:

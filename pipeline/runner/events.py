@@ -149,7 +149,7 @@ class ConsoleReporter:
             self.print(f"  [dim]last {len(lines)} lines of {escape(str(log))}:[/]")
             for line in lines:
                 self.print(f"  [dim]│[/] {escape(line)}")
-        self.print(f"  log: {escape(str(log))}")
+        self.print(f"  log: {escape(str(log))}{'' if lines else ' (empty)'}")
 
     def task(self, description: str, total: float | None = None, *, bytes_: bool = False) -> Any:
         if not self.bars:

@@ -222,6 +222,9 @@ class Runner:
                 rec.summary["traceback"] = traceback.format_exc()
             raise
         seconds = time.monotonic() - start
+        if log is not None and log.is_file() and log.stat().st_size == 0:
+            log.unlink()  # the stage said nothing beyond its own lines: no log to point at
+            rec.log = None
         outputs = {k: (v if "://" in v else str(workdir / v)) for k, v in out.outputs.items()}
         result = StageResult(stage=stage.name, fingerprint=fp, digest=out.digest or digest_dir(workdir),
                              dir=workdir, outputs=outputs, summary=out.summary, passed=out.passed,

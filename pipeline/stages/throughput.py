@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError, StageError
+from pipeline.errors import NotImplementedStageError, ServiceError, StageError
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
@@ -194,6 +194,13 @@ class ThroughputStage(Stage):
         if b.kind == "endpoint":
             if not b.url:  # also a recipe rule; kept for recipes built in code
                 raise NotImplementedStageError("throughput", "baseline kind 'endpoint' needs baseline.url")
+            from pipeline.util.net import reachable
+
+            # an endpoint that is not there fails here, in one line, not as errors in every trial
+            why = reachable(b.url)
+            if why is not None:
+                raise ServiceError(f"throughput baseline {b.url}: {why}; start it, or fix "
+                                   "gates.throughput.baseline.url")
             kind = TritonEndpoint if b.protocol == "triton" else OpenAIEndpoint
             yield kind(b.url, b.model, name="baseline")
             return

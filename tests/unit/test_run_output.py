@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -156,3 +157,23 @@ def test_quiet_waits_print_nothing_and_progress_counts_show() -> None:
         bar.update(completed=7)
         time.sleep(0.5)
     assert "  … calibrating: 7/32," in f.getvalue()
+
+
+def test_an_unreachable_baseline_is_named_before_any_trial() -> None:
+    from pipeline.util.net import reachable
+
+    port = free_port()
+    why = reachable(f"http://127.0.0.1:{port}")
+    assert why is not None and f"cannot connect to 127.0.0.1:{port}" in why
+    assert reachable("ftp://x") is not None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert reachable(f"http://127.0.0.1:{s.getsockname()[1]}/v1") is None
+
+
+def test_a_baseline_without_tokens_gives_a_verdict_not_a_crash() -> None:
+    from pipeline.bench.criteria import CriterionResult
+
+    r = CriterionResult("unique", 4, "output_tok_s", 310.0, 0.0, None, "ratio >= 0.1", False)
+    assert r.line() == "unique@4 output_tok_s: candidate 310, baseline 0, ratio n/a (must be ratio >= 0.1)"
