@@ -194,7 +194,10 @@ class ConsoleReporter:
                 continue
             if self._progress is not None and self._progress.live.is_started:
                 continue  # the bars show the spinner and the elapsed time
-            self.print(self._beat_line(waits, stage))
+            try:
+                self.print(self._beat_line(waits, stage))
+            except (ValueError, OSError):  # the console was closed under us (the command is ending)
+                return
 
     def _beat_line(self, waits: list[_LineTask], stage: tuple[str, float] | None) -> str:
         now = time.monotonic()
