@@ -23,7 +23,9 @@ class CriterionResult:
     passed: bool
 
     def line(self) -> str:
-        base = f", baseline {self.baseline:.4g}, ratio {self.ratio:.3f}" if self.baseline is not None else ""
+        # a baseline of 0 (every request failed) has no ratio
+        ratio = f"{self.ratio:.3f}" if self.ratio is not None else "n/a"
+        base = f", baseline {self.baseline:.4g}, ratio {ratio}" if self.baseline is not None else ""
         return (f"{self.workload}@{self.concurrency} {self.metric}: candidate {self.candidate:.4g}{base} "
                 f"(must be {self.bound})")
 

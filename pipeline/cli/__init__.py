@@ -46,7 +46,9 @@ def model_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.version_option(__version__, "--version", prog_name="trtbuild")
 @click.option("--json", "json_mode", is_flag=True, help="Machine output (JSON) on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def cli(json_mode: bool, debug: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="run: stream libraries' and child processes' output instead of logging it per stage.")
+def cli(json_mode: bool, debug: bool, verbose: bool) -> None:
     """Turn a Hugging Face checkpoint into a gated, versioned LLM release served by Triton.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 a gate failed.
@@ -54,7 +56,15 @@ def cli(json_mode: bool, debug: bool) -> None:
 
 
 def _register() -> None:
-    from pipeline.cli import bench_cmds, bundle_cmds, gitops_cmds, recipe_cmds, release_cmds, serve_cmds
+    from pipeline.cli import (
+        bench_cmds,
+        bundle_cmds,
+        gitops_cmds,
+        recipe_cmds,
+        release_cmds,
+        report_cmds,
+        serve_cmds,
+    )
 
     recipe_cmds.register(cli)
     bundle_cmds.register(cli)
@@ -62,6 +72,7 @@ def _register() -> None:
     release_cmds.register(cli)
     gitops_cmds.register(cli)
     bench_cmds.register(cli)
+    report_cmds.register(cli)
 
 
 _register()

@@ -6,7 +6,6 @@ re-run where every stage was skipped shows the same picture as the run that did 
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -16,27 +15,17 @@ from rich.table import Table
 from pipeline.cli.output import Output
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.records import RunRecord
+from pipeline.runner.report import gate_rows
 
 
-def gate_rows(record: RunRecord) -> list[dict[str, Any]]:
-    """One row per gate check: gate, check, value, bound, passed."""
-    rows: list[dict[str, Any]] = []
-    for gate in ("accuracy", "throughput"):
-        st = next((s for s in record.stages if s.name == gate), None)
-        if st is None or "report" not in st.outputs or not Path(st.outputs["report"]).is_file():
-            continue
-        report = json.loads(Path(st.outputs["report"]).read_text())
-        if gate == "accuracy":
-            for c in report.get("checks", []):
-                rows.append({"gate": gate, "check": c["name"], "value": c["value"],
-                             "bound": f"{c['op']} {c['threshold']:g}", "passed": c["passed"]})
-        else:
-            for c in report.get("criteria", []):
-                value = c["ratio"] if str(c["bound"]).startswith("ratio") else c["candidate"]
-                rows.append({"gate": gate, "check": f"{c['workload']}@{c['concurrency']} {c['metric']}",
-                             "value": value, "bound": c["bound"], "passed": c["passed"],
-                             "candidate": c["candidate"], "baseline": c["baseline"]})
-    return rows
+def gate_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="gates", title_justify="left", show_edge=False)
+    for col in ("gate", "check", "value", "bound", "verdict"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for r in rows:
+        verdict = "[green]PASS[/]" if r["passed"] else "[red]FAIL[/]"
+        table.add_row(r["gate"], r["check"], f"{r['value']:.4g}", str(r["bound"]), verdict)
+    return table
 
 
 def next_commands(loaded: LoadedRecipe, record: RunRecord, env_file: Path | None) -> list[str]:
@@ -103,14 +92,8 @@ def show(loaded: LoadedRecipe, record: RunRecord, out: Output, env_file: Path | 
     """Print the end-of-run picture on stderr and return it for --json."""
     rows = gate_rows(record)
     if rows:
-        table = Table(title="gates", title_justify="left", show_edge=False)
-        for col in ("gate", "check", "value", "bound", "verdict"):
-            table.add_column(col, justify="right" if col == "value" else "left")
-        for r in rows:
-            verdict = "[green]PASS[/]" if r["passed"] else "[red]FAIL[/]"
-            table.add_row(r["gate"], r["check"], f"{r['value']:.4g}", str(r["bound"]), verdict)
         out.human("")
-        out.human(table)
+        out.human(gate_table(rows))
     summary: dict[str, Any] = {"gates": rows}
     release = _stage(record, "release")
     if release is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,9 @@ from pipeline.cli import common
 from pipeline.cli.output import Output
 from pipeline.errors import RecipeError
 from pipeline.recipe.load import LoadedRecipe
+
+if TYPE_CHECKING:
+    from pipeline.runner.capture import OutputCapture
 
 ARTIFACTS = click.option("--artifacts", type=click.Path(path_type=Path), default=Path("artifacts"),
                          show_default=True, envvar="TRTBUILD_ARTIFACTS",
@@ -176,11 +180,33 @@ def _plan_changes(ref: str, fmt: str, recipes_dir: Path, json_mode: bool) -> Non
 @click.option("--record-references", is_flag=True,
               help="Measure the accuracy gate again and write its baseline task scores into the references "
                    "YAML under model/quant/kv (old -> new printed); they apply from the next run.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Stream the output of libraries and child processes (ModelOpt, transformers, MLflow, "
+                   "servers) as it comes, instead of into a log per stage under artifacts/runs/RUN_ID/.")
 @ARTIFACTS
 @common
 def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, use_local: bool,
-        record_references: bool, artifacts: Path, json_mode: bool) -> None:
-    """Run the pipeline: fetch, quantize, build, accuracy, throughput, release, publish."""
+        record_references: bool, verbose: bool, artifacts: Path, json_mode: bool) -> None:
+    """Run the pipeline: fetch, quantize, build, accuracy, throughput, release, publish.
+
+    The terminal shows trtbuild's own lines and progress; what libraries and child processes print
+    goes to artifacts/runs/RUN_ID/STAGE.log (named in the run record; a failed stage shows its last
+    lines). --verbose streams everything instead.
+    """
+    import contextlib
+
+    from pipeline.runner.capture import OutputCapture
+
+    verbose = verbose or bool(click.get_current_context().find_root().params.get("verbose"))
+    capture = OutputCapture(verbose=verbose)
+    with contextlib.closing(capture):
+        _run(recipe, from_stage, until, force, use_local, record_references, artifacts, json_mode, capture)
+
+
+def _run(recipe: Path, from_stage: str | None, until: str | None, force: bool, use_local: bool,
+         record_references: bool, artifacts: Path, json_mode: bool, capture: OutputCapture) -> None:
+    from rich.console import Console
+
     from pipeline.cli import finale
     from pipeline.errors import UsageError
     from pipeline.recipe.load import load_recipe
@@ -189,8 +215,14 @@ def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, us
     from pipeline.runner.stage import STAGE_ORDER
 
     out = Output(json_mode=json_mode)
+    # our lines go to the terminal while fds 1 and 2 go to a stage's log
+    out.err = Console(file=capture.terminal, highlight=False, soft_wrap=True)
     load_recipe(recipe)  # bad recipes fail before any service starts
-    env_file = _use_local(artifacts, out) if use_local else None
+    env_file = None
+    if use_local:
+        up_log = artifacts / "local" / "up.log"
+        with capture.into(up_log):
+            env_file = _use_local(artifacts, out)
     loaded = load_recipe(recipe)
     if env_file is not None:
         _check_local_repository(loaded, recipe)
@@ -206,7 +238,7 @@ def run(recipe: Path, from_stage: str | None, until: str | None, force: bool, us
             raise UsageError(f"--record-references needs the accuracy stage; --from {from_stage} starts after it")
     reporter = ConsoleReporter(json_mode=json_mode, console=out.err)
     runner = Runner(loaded, artifacts=artifacts, reporter=reporter,
-                    options={"record_references": record_references})
+                    options={"record_references": record_references}, capture=capture)
     out.human(f"[bold]trtbuild run[/] {recipe} ({loaded.recipe.name})")
     record = None
     try:

@@ -29,9 +29,12 @@ NO_TRITON = click.option("--no-triton", is_flag=True, help="Start S3 and MLflow 
 def start_local(root: Path, repository: Path | None, out: Output) -> dict[str, str]:
     """`local up` for the CLI: progress on stderr (the first start can take a minute)."""
     from pipeline.local.services import local_up
+    from pipeline.runner.events import ConsoleReporter
 
-    with out.err.status("starting local services (SeaweedFS, MLflow"
-                        + (", tritonserver)" if repository is not None else ")")):
+    # a spinner in a terminal, a line every 15 s in a log
+    reporter = ConsoleReporter(json_mode=out.json_mode, console=out.err)
+    with reporter.task("starting local services (SeaweedFS, MLflow"
+                       + (", tritonserver)" if repository is not None else ")")):
         env = local_up(root, repository=repository)
     parts = [f"S3 {env['AWS_ENDPOINT_URL_S3']}", f"MLflow {env['MLFLOW_TRACKING_URI']}"]
     if "TRTBUILD_TRITON_URL" in env:

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ class StageRecord:
     reason: str = ""
     passed: bool | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    log: str | None = None  # what libraries and child processes wrote while the stage ran
 
 
 @dataclass
@@ -40,10 +41,24 @@ class RunRecord:
     error: str | None = None
     pid: int = field(default_factory=os.getpid)
     env_vars: list[str] = field(default_factory=list)  # names only: values never recorded
+    log_dir: str | None = None  # the stages' logs (<log_dir>/<stage>.log), when output was captured
     schema_version: int = RECORD_SCHEMA
 
     def stage(self, name: str) -> StageRecord:
         return next(s for s in self.stages if s.name == name)
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        """A record as save() wrote it; fields a newer trtbuild added are ignored, missing ones defaulted."""
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(StageRecord)}
+        stages = [StageRecord(**{k: v for k, v in s.items() if k in known}) for s in data.get("stages", [])]
+        top = {f.name for f in fields(cls)} - {"stages"}
+        return cls(stages=stages, **{k: v for k, v in data.items() if k in top})
+
+    def logs_path(self, artifacts: Path) -> Path:
+        """Where this run's stage logs go: artifacts/runs/<run_id>/."""
+        return artifacts / "runs" / self.run_id
 
     def save(self, artifacts: Path) -> Path:
         path = artifacts / "runs" / f"{self.run_id}.json"
@@ -54,11 +69,11 @@ class RunRecord:
         return {
             "run_id": self.run_id, "recipe": self.recipe, "status": self.status,
             "seconds": round((self.finished or time.time()) - self.started, 3),
-            "error": self.error,
+            "error": self.error, "log_dir": self.log_dir,
             "stages": [
                 {"name": s.name, "status": s.status, "fingerprint": s.fingerprint,
                  "seconds": round(s.seconds, 3), "outputs": s.outputs, "reason": s.reason,
-                 "passed": s.passed}
+                 "passed": s.passed, "log": s.log}
                 for s in self.stages
             ],
         }

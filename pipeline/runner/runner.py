@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pipeline.errors import GateFailed, TrtbuildError, UsageError
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner import fingerprint as fpmod
 from pipeline.runner.cache import StageCache
+from pipeline.runner.capture import OutputCapture, tail
 from pipeline.runner.events import NullReporter, Reporter
 from pipeline.runner.lock import recipe_lock
 from pipeline.runner.records import RunRecord, StageRecord
@@ -48,8 +49,10 @@ def default_stages() -> list[Stage]:
 class Runner:
     def __init__(self, loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"),
                  stages: Sequence[Stage] | None = None, reporter: Reporter | None = None,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, capture: OutputCapture | None = None) -> None:
         self.loaded = loaded
+        # None: stages' output streams as it comes (stdout kept for --json); else a log per stage
+        self.capture = capture
         self.options = dict(options or {})  # handed to every stage in its StageContext
         self.artifacts = artifacts.resolve()  # outputs are recorded as absolute paths
         self.stages = list(stages) if stages is not None else default_stages()
@@ -118,6 +121,8 @@ class Runner:
                                recipe_digest=self.loaded.digest,
                                stages=[StageRecord(n) for n in self.names],
                                env_vars=self.loaded.env_vars)
+            if self.capture is not None and not self.capture.verbose:
+                record.log_dir = str(record.logs_path(self.artifacts))
             record.save(self.artifacts)
             self.last_record = record  # what a caller shows when run() raises (a failed gate)
             try:
@@ -198,17 +203,18 @@ class Runner:
         ctx = self._context(stage, results, workdir)
         self.reporter.stage_started(stage.name, fp, why)
         start = time.monotonic()
+        log: Path | None = None
         try:
-            # libraries print (ModelOpt does): keep stdout for --json output only
-            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=UserWarning)
-                warnings.filterwarnings("ignore", category=FutureWarning)
+            with self._output(stage.name) as log:
+                rec.log = str(log) if log is not None else None
                 out = stage.run(ctx)
         except BaseException as e:
             rec.status, rec.seconds = "failed", time.monotonic() - start
             self._point_at_recipe(e)
             rec.reason = e.one_line() if isinstance(e, TrtbuildError) else f"{type(e).__name__}: {e}"
             self.reporter.stage_failed(stage.name, rec.reason)
+            if log is not None and not isinstance(e, KeyboardInterrupt):
+                self.reporter.log_excerpt(log, tail(log))
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
@@ -216,6 +222,9 @@ class Runner:
                 rec.summary["traceback"] = traceback.format_exc()
             raise
         seconds = time.monotonic() - start
+        if log is not None and log.is_file() and log.stat().st_size == 0:
+            log.unlink()  # the stage said nothing beyond its own lines: no log to point at
+            rec.log = None
         outputs = {k: (v if "://" in v else str(workdir / v)) for k, v in out.outputs.items()}
         result = StageResult(stage=stage.name, fingerprint=fp, digest=out.digest or digest_dir(workdir),
                              dir=workdir, outputs=outputs, summary=out.summary, passed=out.passed,
@@ -227,6 +236,21 @@ class Runner:
         verdict = "" if result.passed is None else ("PASS" if result.passed else "FAIL")
         self.reporter.stage_done(stage.name, seconds, verdict)
         return result
+
+    @contextlib.contextmanager
+    def _output(self, stage: str) -> Iterator[Path | None]:
+        """Where a stage's library and child-process output goes: its log, or the stream (stderr)."""
+        record = self.last_record
+        if self.capture is not None and record is not None:
+            log_dir = Path(record.log_dir) if record.log_dir is not None else Path()
+            with self.capture.into(log_dir / f"{stage}.log") as log:
+                yield log
+            return
+        # libraries print (ModelOpt does): keep stdout for --json output only
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield None
 
     def _point_at_recipe(self, e: BaseException) -> None:
         """An error about a recipe field (a GGUF file that is not there) names FILE:LINE."""

@@ -95,11 +95,16 @@ class AccuracyStage(Stage):
         cfg = r.gates.accuracy
         source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
         bundle = Path(ctx.inputs["build"].outputs["bundle"])
-        tok = AutoTokenizer.from_pretrained(source)
-        base_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        baseline = ReferenceRuntime(base_model, tok, max_batch_size=r.build.max_batch_size,
-                                    max_seq_len=r.build.max_seq_len).start()
-        candidate = load_runtime(bundle, verify=False, activations=True)  # the build stage verified it
+        with ctx.progress("loading the baseline and candidate models"):
+            tok = AutoTokenizer.from_pretrained(source)
+            base_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+            baseline = ReferenceRuntime(base_model, tok, max_batch_size=r.build.max_batch_size,
+                                        max_seq_len=r.build.max_seq_len).start()
+            try:
+                candidate = load_runtime(bundle, verify=False, activations=True)  # the build stage verified it
+            except BaseException:
+                baseline.stop()
+                raise
         try:
             seqs = (textset.windows(tok, textset.load_text(cfg.text_set, ctx.loaded.path.parent),
                                     count=cfg.text_samples, length=cfg.text_seq_len) if teacher else [])

@@ -73,9 +73,6 @@ class PublishStage(Stage):
         return None
 
     def run(self, ctx: StageContext) -> StageOutput:
-        from pipeline.triton.publish import publish_bundle
-        from pipeline.triton.s3_repository import S3ModelRepository, publish_bundle_s3
-
         p = ctx.recipe.publish
         bundle = Path(ctx.inputs["build"].outputs["bundle"])
         plan = switch_plan_of(ctx.loaded)
@@ -85,6 +82,20 @@ class PublishStage(Stage):
             "load_timeout": p.load_timeout_s, "smoke_prompt": p.smoke_prompt, "instances": p.instances}
         options = ServingOptions(instances=p.instances, kv_cache_free_gpu_mem_fraction=(
             plan.kv_cache_free_gpu_mem_fraction if ctx.recipe.build.backend != "reference" else None))
+        with ctx.progress(f"publishing {ctx.recipe.triton_model_name} into Triton ({plan.strategy} switch)"):
+            published = self._publish(ctx, bundle, plan, kwargs, options)
+        ctx.reporter.info(f"published {published.model} version {published.version} "
+                          f"(bundle {published.bundle_id[:12]}) into {published.repository}")
+        with ctx.progress("recording the deployment in MLflow"):
+            self._record_deployment(ctx, f"{published.repository}/{published.model}@v{published.version}")
+        return StageOutput(outputs={"repository": published.repository}, summary=published.to_json())
+
+    def _publish(self, ctx: StageContext, bundle: Path, plan: Any, kwargs: dict[str, Any],
+                 options: ServingOptions) -> Any:
+        from pipeline.triton.publish import publish_bundle
+        from pipeline.triton.s3_repository import S3ModelRepository, publish_bundle_s3
+
+        p = ctx.recipe.publish
         if p.repository.startswith("s3://"):
             if plan.strategy == "drain":
                 from pipeline.errors import StageError
@@ -93,17 +104,12 @@ class PublishStage(Stage):
                                  "s3:// repository is served by replicas: set publish.switch to rolling")
             if plan.strategy == "rolling":
                 kwargs["server_url"] = None  # replicas restart into the new version; nothing is loaded here
-            published = publish_bundle_s3(bundle, S3ModelRepository(p.repository), ctx.recipe.triton_model_name,
-                                          **kwargs)
-        else:
-            # the store lets a later rollback bring back a version pruned from the repository
-            published = publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs,
-                                       store=ctx.recipe.release.store if ctx.recipe.release.enabled else None,
-                                       options=options, switch=plan.strategy)
-        ctx.reporter.info(f"published {published.model} version {published.version} "
-                          f"(bundle {published.bundle_id[:12]}) into {published.repository}")
-        self._record_deployment(ctx, f"{published.repository}/{published.model}@v{published.version}")
-        return StageOutput(outputs={"repository": published.repository}, summary=published.to_json())
+            return publish_bundle_s3(bundle, S3ModelRepository(p.repository), ctx.recipe.triton_model_name,
+                                     **kwargs)
+        # the store lets a later rollback bring back a version pruned from the repository
+        return publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs,
+                              store=ctx.recipe.release.store if ctx.recipe.release.enabled else None,
+                              options=options, switch=plan.strategy)
 
     @staticmethod
     def _record_deployment(ctx: StageContext, where: str) -> None:

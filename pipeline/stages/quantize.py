@@ -63,7 +63,9 @@ class QuantizeStage(Stage):
                 src, ctx.workdir / "out", algo=r.quantize.algo, kv_cache=r.quantize.kv_cache,
                 calibration=calib, exports=exports, tensor_parallel=r.target.tensor_parallel,
                 pipeline_parallel=r.target.pipeline_parallel, dtype=r.source.dtype,
-                progress=lambda i, n: bar.update(completed=i, total=n),
+                # after the last sample: the exports (and, offloaded, a full reload on the CPU)
+                progress=lambda i, n: bar.update(completed=i, total=n,
+                                                 description="calibrated; exporting" if i >= n else None),
             )
         outputs = {e: f"out/{e}" for e in exports}
         outputs["record"] = "out/quantize.json"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotImplementedStageError, StageError
+from pipeline.errors import NotImplementedStageError, ServiceError, StageError
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput
 from pipeline.stages.common import fields
@@ -60,9 +60,10 @@ class ThroughputStage(Stage):
         except ValueError as e:
             raise StageError("throughput", str(e)) from None
         source = Path(ctx.inputs["fetch"].outputs["checkpoint"])
-        tok = AutoTokenizer.from_pretrained(source)
-        prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
-                                        prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
+        with ctx.progress("loading the tokenizer and making prompts"):
+            tok = AutoTokenizer.from_pretrained(source)
+            prompts = {w.name: make_prompts(tok, kind=w.kind, num_prompts=w.num_prompts, input_len=w.input_len,
+                                            prefixes=w.prefixes, prefix_len=w.prefix_len) for w in cfg.workloads}
         from pipeline.gpu.schedule import throughput_servers
 
         servers = throughput_servers(r, ctx.loaded.path.parent, checkpoint=source)
@@ -175,9 +176,11 @@ class ThroughputStage(Stage):
         repo.mkdir()
         try:
             server = TritonServer(locate_tritonserver(None), log_path=ctx.workdir / "candidate-triton.log")
-            with server.start(repo):
-                publish_bundle(bundle, repo, "candidate",
-                               facts=facts_for_target("cpu"), server_url=server.http_url)
+            with contextlib.ExitStack() as stack:
+                with ctx.progress("starting tritonserver and loading the candidate"):
+                    stack.enter_context(server.start(repo))
+                    publish_bundle(bundle, repo, "candidate",
+                                   facts=facts_for_target("cpu"), server_url=server.http_url)
                 yield TritonEndpoint(server.http_url, "candidate", name="candidate")
         finally:
             shutil.rmtree(repo, ignore_errors=True)
@@ -191,6 +194,13 @@ class ThroughputStage(Stage):
         if b.kind == "endpoint":
             if not b.url:  # also a recipe rule; kept for recipes built in code
                 raise NotImplementedStageError("throughput", "baseline kind 'endpoint' needs baseline.url")
+            from pipeline.util.net import reachable
+
+            # an endpoint that is not there fails here, in one line, not as errors in every trial
+            why = reachable(b.url)
+            if why is not None:
+                raise ServiceError(f"throughput baseline {b.url}: {why}; start it, or fix "
+                                   "gates.throughput.baseline.url")
             kind = TritonEndpoint if b.protocol == "triton" else OpenAIEndpoint
             yield kind(b.url, b.model, name="baseline")
             return
