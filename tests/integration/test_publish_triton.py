@@ -254,25 +254,66 @@ def test_tensorrt_bundle_is_refused_by_a_server_without_tensorrtllm(server: tupl
     assert done.version == 1 and (tmp_path / "offline" / "llama70b_v1_tensorrt_llm" / "config.pbtxt").is_file()
 
 
+class ReadyWatch:
+    """Polls the model's readiness every 10 ms: when no version of it answered (the drain's window)."""
+
+    def __init__(self, url: str, model: str) -> None:
+        from pipeline.triton.control import ModelControl
+
+        self.control, self.model = ModelControl(url, timeout=5.0), model
+        self.down_at: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if not self.control.is_ready(self.model):
+                self.down_at.append(time.monotonic())
+            time.sleep(0.01)
+
+    def __enter__(self) -> ReadyWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+    @property
+    def window(self) -> float:
+        return self.down_at[-1] - self.down_at[0] if self.down_at else 0.0
+
+
 def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[TritonServer, Path],
                                                                  bundles: dict[str, Path]) -> None:
     """The strategy for models of which two versions do not fit on the GPUs: the serving version is
-    unloaded before the new one loads. Clients see the model unavailable for the new version's
-    load time; publish reports that window and the client's view agrees with it."""
+    unloaded before the new one loads. The model is unavailable for the new version's load time;
+    publish reports that window and a client polling readiness sees the same one."""
     srv, repo = server
     url = srv.http_url
     model = "tiny-drain"
     publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
-    with Load(url, model) as load:
+    with Load(url, model) as load, ReadyWatch(url, model) as watch:
         res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url, switch="drain")
     assert res.version == 2 and ModelDir(repo / model).served_versions() == [2]
     downtime = res.seconds["downtime"]
-    assert downtime > 0 and load.failed_at, "a drain has a window in which the model answers nothing"
-    seen = load.failed_at[-1] - load.failed_at[0]
-    assert seen <= downtime + 1.0  # the client's window is inside what publish reports
+    assert downtime > 0 and watch.down_at, "a drain has a window in which the model is not ready"
+    assert watch.window <= downtime + 0.5  # the client's window is inside what publish reports
     assert collapse(load.versions) == [1, 2]  # never both: v1 was gone before v2 loaded
-    print(f"drain downtime: publish {downtime:.3f}s, client saw failures for {seen:.3f}s "
-          f"({len(load.errors)} failed requests)")
-    with Load(url, model) as load:
+    print(f"drain downtime: publish {downtime:.3f}s, readiness down for {watch.window:.3f}s, "
+          f"{len(load.errors)} failed of {len(load.errors) + len(load.versions)} generation requests")
+    with ReadyWatch(url, model) as watch:
         back = rollback(repo, model, server_url=url, switch="drain")
-    assert back.version == 1 and back.seconds["downtime"] > 0 and collapse(load.versions) == [2, 1]
+    assert back.version == 1 and back.seconds["downtime"] > 0 and watch.down_at
+
+
+def test_side_by_side_switch_has_no_window(server: tuple[TritonServer, Path], bundles: dict[str, Path]) -> None:
+    """The planted counterpart: the same switch side by side never leaves the model unready."""
+    srv, repo = server
+    url = srv.http_url
+    model = "tiny-sbs"
+    publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
+    with Load(url, model) as load, ReadyWatch(url, model) as watch:
+        res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url)
+    assert res.version == 2 and "downtime" not in res.seconds
+    assert watch.down_at == [] and load.errors == [] and collapse(load.versions) == [1, 2]
