@@ -193,8 +193,10 @@ class Runner:
 
     def _context(self, stage: Stage, results: dict[str, StageResult | None], workdir: Path) -> StageContext:
         inputs = {d: r for d in stage.inputs if (r := results.get(d)) is not None}
+        earlier = {n: r for n, r in results.items() if r is not None}
         return StageContext(loaded=self.loaded, workdir=workdir, inputs=inputs,
-                            artifacts=self.artifacts, reporter=self.reporter, options=dict(self.options))
+                            artifacts=self.artifacts, reporter=self.reporter, options=dict(self.options),
+                            earlier=earlier, run=self.last_record)
 
     def _execute(self, stage: Stage, rec: StageRecord, comp: dict[str, Any], fp: str,
                  results: dict[str, StageResult | None], why: str, *, replace: bool = False) -> StageResult:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pipeline.recipe.load import LoadedRecipe
     from pipeline.recipe.schema import Executor
     from pipeline.runner.events import Reporter
+    from pipeline.runner.records import RunRecord
 
 STAGE_ORDER = ("fetch", "quantize", "build", "accuracy", "throughput", "release", "publish")
 
@@ -68,6 +69,10 @@ class StageContext:
     # run-time options of this invocation (e.g. record_references); never part of a fingerprint:
     # they ask for side effects, not for different outputs
     options: dict[str, Any] = field(default_factory=dict)
+    # every earlier stage of this run with its result (cached ones too), in run order, and the
+    # run's record: what a stage reporting on the whole run (release, to MLflow) reads
+    earlier: dict[str, StageResult] = field(default_factory=dict)
+    run: RunRecord | None = None
 
     @property
     def recipe(self) -> Any:
