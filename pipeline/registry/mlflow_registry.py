@@ -282,8 +282,13 @@ class MlflowRegistry:
         recipe_name: str,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
+        started: float | None = None,
     ) -> RunContext:
-        """Create a run named after the recipe in `experiment` (created if needed); log params."""
+        """Create a run named after the recipe in `experiment` (created if needed); log params.
+
+        `started` (epoch seconds, default now): when the work the run stands for began, so that
+        the run's duration on its page is the whole pipeline's, not the release's alone.
+        """
         from mlflow.exceptions import MlflowException
 
         client = self.client
@@ -304,6 +309,7 @@ class MlflowRegistry:
             run = client.create_run(
                 experiment_id,
                 run_name=recipe_name,
+                start_time=int(started * 1000) if started is not None else None,
                 tags={RUN_TAG_RECIPE: recipe_name, **{k: str(v) for k, v in (tags or {}).items()}},
             )
         ctx = RunContext(self, run.info.run_id, experiment_id)
