@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,26 @@ class ReleaseStage(Stage):
         gates = {name: ctx.inputs[name].passed for name in ("accuracy", "throughput")
                  if name in ctx.inputs and ctx.inputs[name].passed is not None}
         registry = open_registry(r.registry)
+        from pipeline.registry import run_page
+
+        times = run_page.stage_times(ctx.earlier, ctx.run)
         # the declared recipe: environment values (endpoints, secrets) never reach MLflow
         with registry.start_run(r.experiment, ctx.recipe.name, params=ctx.loaded.declared,
-                                tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest}) as run:
-            metrics: dict[str, float] = {}
-            for name in ("accuracy", "throughput"):
+                                tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest},
+                                started=ctx.run.started if ctx.run is not None else None) as run:
+            metrics: dict[str, float] = run_page.stage_metrics(times) if times else {}
+            logged: list[str] = []
+            views = []
+            for name in run_page.GATES:
                 res = ctx.inputs.get(name)
                 if res is not None:
                     metrics.update({f"{name}.{k}": float(v) for k, v in (res.summary.get("metrics") or {}).items()
                                     if isinstance(v, int | float)})
-                    for f in res.dir.glob(f"{name}*"):
+                    for f in sorted({*res.dir.glob(f"{name}*"), *res.dir.glob("*.png")}):
                         run.log_artifact(f, "gates")
-                    for f in res.dir.glob("*.png"):
-                        run.log_artifact(f, "gates")
+                        logged.append(f"gates/{f.name}")
+                    if res.passed is not None:
+                        views.append(run_page.gate_view(name, res))
             if metrics:
                 run.log_metrics(metrics)
             run.log_artifact(bundle_dir / "manifest.json", "bundle")
@@ -70,6 +78,12 @@ class ReleaseStage(Stage):
                 tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest, "git_commit": git or "",
                       **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()}})
             registry.set_alias(r.model_name, r.alias, version)
+            ended = time.time()
+            note = run_page.describe(
+                run_id=run.run_id, experiment_id=run.experiment_id, recipe=ctx.recipe.name, gates=views,
+                times=times, bundle_id=bundle_id, store_uri=stored.uri, model=r.model_name, version=version,
+                alias=r.alias, artifacts=logged, record=ctx.run, ended=ended)
+            run.set_tags({run_page.NOTE_TAG: note, **run_page.stage_tags(times, ctx.run, ended)})
         ctx.reporter.info(f"registered {r.model_name} version {version} with alias '{r.alias}'")
         return StageOutput(outputs={"bundle_uri": stored.uri},
                            summary={"bundle_id": bundle_id, "store_uri": stored.uri, "model": r.model_name,
