@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from pipeline.errors import GateFailed, NotImplementedStageError, UsageError
 from pipeline.recipe.load import load_recipe
 from pipeline.runner.runner import Runner
+from pipeline.runner.stage import Stage, StageContext, StageOutput
 from tests.conftest import ROOT
 from tests.unit import runner_stages
 from tests.unit.runner_stages import Unimplemented
@@ -202,3 +204,32 @@ def test_concurrent_runs_are_serialized(project: Path) -> None:
     assert [e[0] for e in events] == ["fetch-start", "fetch-end", "quantize-start", "quantize-end"]
     waited = (a.stderr.read() if a.stderr else b"") + (b.stderr.read() if b.stderr else b"")
     assert b"Traceback" not in waited
+
+
+class _SeesTheRun(Stage):
+    """A last stage that keeps what its context says about the run (as release reads it for MLflow)."""
+
+    name = "release"
+    inputs = ("accuracy",)
+    seen: ClassVar[list[StageContext]] = []
+
+    def section(self, loaded: object) -> dict[str, object]:
+        return {}
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        self.seen.append(ctx)
+        return StageOutput()
+
+
+def test_a_stage_sees_every_earlier_result_and_the_run_record(project: Path) -> None:
+    first = run(project)
+    write_recipe(project, samples=5)  # quantize and accuracy run again, fetch is cached
+    loaded = load_recipe(project / "r.yaml", env={})
+    stages = [*runner_stages.stages(), _SeesTheRun()]
+    record = Runner(loaded, artifacts=project / "artifacts", stages=stages).run()
+    ctx = _SeesTheRun.seen[-1]
+    assert list(ctx.inputs) == ["accuracy"]
+    assert list(ctx.earlier) == ["fetch", "quantize", "accuracy"]
+    assert ctx.run is record and ctx.run.stage("fetch").status == "skipped"
+    # a cached stage keeps the time of the run that made it
+    assert ctx.earlier["fetch"].seconds == first.stage("fetch").seconds > 0
