@@ -59,7 +59,8 @@ class ReleaseStage(Stage):
             views = []
             for name in run_page.GATES:
                 res = ctx.inputs.get(name)
-                if res is not None:
+                # a disabled gate's result has no directory (Path() would be the cwd)
+                if res is not None and res.fingerprint != "disabled":
                     metrics.update({f"{name}.{k}": float(v) for k, v in (res.summary.get("metrics") or {}).items()
                                     if isinstance(v, int | float)})
                     for f in sorted({*res.dir.glob(f"{name}*"), *res.dir.glob("*.png")}):

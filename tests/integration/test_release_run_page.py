@@ -64,7 +64,8 @@ def _throughput(tmp_path: Path) -> StageResult:
                    summary={"failed": [], "metrics": {"candidate.chat.c4.output_tok_s": 812.0}})
 
 
-def _release(tmp_path: Path, uri: str, *, accuracy_passed: bool) -> tuple[MlflowRegistry, str]:
+def _release(tmp_path: Path, uri: str, *, accuracy_passed: bool = True,
+             gates: bool = True) -> tuple[MlflowRegistry, str]:
     (tmp_path / "src").mkdir()
     recipe = {
         "name": "tiny-page", "source": {"path": "src", "dtype": "float32"}, "target": {"gpu": "cpu"},
@@ -83,6 +84,9 @@ def _release(tmp_path: Path, uri: str, *, accuracy_passed: bool) -> tuple[Mlflow
     build.outputs, build.summary = {"bundle": str(bundle)}, {"bundle_id": bundle_id}
     earlier = {"fetch": _result(tmp_path, "fetch", {}), "quantize": _result(tmp_path, "quantize", {}), "build": build,
                "accuracy": _accuracy(tmp_path, accuracy_passed), "throughput": _throughput(tmp_path)}
+    if not gates:
+        for name in ("accuracy", "throughput"):
+            earlier[name] = StageResult(stage=name, fingerprint="disabled", digest="disabled", dir=Path(), outputs={})
     record = RunRecord(recipe=str(tmp_path / "r.yaml"), recipe_name="tiny-page", recipe_digest=loaded.digest,
                        stages=[StageRecord(n) for n in STAGE_ORDER], started=time.time() - 700)
     for name in earlier:
@@ -126,3 +130,17 @@ def test_a_failing_gate_shows_fail(tmp_path: Path, sqlite_uri: str) -> None:  # 
     assert "## Accuracy gate: FAIL" in note
     assert "- **FAIL**: gsm8k accuracy drop (points) = 6.2 (must be <= 1.5) n=200" in note
     assert "## Throughput gate: PASS" in note
+
+
+def test_disabled_gates_log_nothing_from_the_cwd(tmp_path: Path, sqlite_uri: str,  # noqa: F811
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "accuracy.md").write_text("not this run's\n")
+    (cwd / "plot.png").write_bytes(b"\x89PNG")
+    monkeypatch.chdir(cwd)
+    registry, run_id = _release(tmp_path, sqlite_uri, gates=False)
+    run = registry.client.get_run(run_id)
+    assert run.data.tags[NOTE_TAG].startswith("# tiny-page: no gates enabled")
+    assert "gates" not in {f.path for f in registry.client.list_artifacts(run_id)}
+    assert "stage.accuracy.seconds" not in run.data.metrics and "stage.build.seconds" in run.data.metrics
