@@ -216,15 +216,16 @@ class Planner:
                 self.problems.append(f"build.pytorch.executor.command_prefix: the warm-up imports trtbuild from "
                                      f"{root} (PYTHONPATH) but the container does not mount it; add -v {root}:{root} "
                                      "or install trtbuild under a mounted directory")
-        pl = self._trtllm_placement(b.pytorch.kv_cache_free_gpu_memory_fraction, "LLM warm-up: ")
+        pl = self._trtllm_placement(self.quantized, b.pytorch.kv_cache_free_gpu_memory_fraction, "LLM warm-up: ")
         plan.processes.append(Process("LLM API warm-up load (tensorrt_llm.LLM)", resolve(argv), gpus=self.world,
                                       gpu_memory_gib=pl[0], phase="warm-up", note=pl[1]))
         return plan
 
-    def _trtllm_placement(self, fraction: float, what: str) -> tuple[float, str]:
-        if self.quantized is None or not schedule.on_gpu(self.r):
+    def _trtllm_placement(self, size: ModelSize | None, fraction: float, what: str) -> tuple[float, str]:
+        """GiB per GPU (and why) of a TRT-LLM process holding a model of `size`."""
+        if size is None or not schedule.on_gpu(self.r):
             return 0.0, "model size unknown" if schedule.on_gpu(self.r) else "CPU"
-        p = schedule.kv_fraction_placement(self.quantized, self.r.target.tensor_parallel,
+        p = schedule.kv_fraction_placement(size, self.r.target.tensor_parallel,
                                            self.r.target.pipeline_parallel, self.gpu_gib, fraction, what=what)
         return p.gpu_memory_gib, p.note
 
@@ -263,12 +264,7 @@ class Planner:
             else:
                 base.model, base.options = bundle / "checkpoint", bundle / "llm_api_options.yaml"
         size = self.quantized if model != self.source_dir() else self.source
-        gib, note = 0.0, "model size unknown"
-        if size is not None and schedule.on_gpu(self.r):
-            p = schedule.kv_fraction_placement(size, self.r.target.tensor_parallel, self.r.target.pipeline_parallel,
-                                               self.gpu_gib, srv.kv_cache_free_gpu_memory_fraction,
-                                               what="trtllm-serve: ")
-            gib, note = p.gpu_memory_gib, p.note
+        gib, note = self._trtllm_placement(size, srv.kv_cache_free_gpu_memory_fraction, "trtllm-serve: ")
         return Process(role, resolve(base.argv()), gpus=self.world, gpu_memory_gib=gib, phase=phase, note=note)
 
     def accuracy(self) -> StagePlan:
