@@ -73,7 +73,7 @@ class RunRecord:
             "stages": [
                 {"name": s.name, "status": s.status, "fingerprint": s.fingerprint,
                  "seconds": round(s.seconds, 3), "outputs": s.outputs, "reason": s.reason,
-                 "passed": s.passed, "log": s.log}
+                 "passed": s.passed, "log": s.log, "summary": s.summary}
                 for s in self.stages
             ],
         }

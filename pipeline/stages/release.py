@@ -88,4 +88,6 @@ class ReleaseStage(Stage):
         ctx.reporter.info(f"registered {r.model_name} version {version} with alias '{r.alias}'")
         return StageOutput(outputs={"bundle_uri": stored.uri},
                            summary={"bundle_id": bundle_id, "store_uri": stored.uri, "model": r.model_name,
-                                    "version": version, "alias": r.alias, "run_id": run.run_id})
+                                    "version": version, "alias": r.alias, "run_id": run.run_id,
+                                    "uploaded_bytes": stored.uploaded_bytes, "uploaded_files": stored.uploaded_files,
+                                    "skipped_files": stored.skipped_files})
