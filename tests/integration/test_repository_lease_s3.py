@@ -146,7 +146,7 @@ def test_a_killed_holder_is_taken_over_after_expiry_never_before(seaweed_s3: S3S
     taker.acquire(10, ttl=5, on_wait=lambda h, w: seen.append(h))
     took = time.time()
     assert took >= last.expires_ts + margin, "taken over before the dead holder's lease expired"
-    assert took < last.expires_ts + margin + 1.5, "took too long after expiry"
+    assert took < last.expires_ts + margin + 4, "took too long after expiry"  # polls <= 1 s apart
     assert seen and seen[0] is not None and seen[0].token == first["token"]
     assert taker.holder() == taker._mine
     taker.release()
@@ -173,11 +173,9 @@ def test_check_renew_release_after_a_takeover(seaweed_s3: S3Service, prefix: str
     a.check()
     time.sleep(0.8)
     b.acquire(0, ttl=30)  # a's lease expired: b takes it over
-    with pytest.raises(LeaseLost, match="took it over"):
-        a.renew()  # its etag no longer matches: no late renewal steals it back
     with pytest.raises(LeaseLost):
         a.check()
-    a.release()  # must not delete b's lease
+    a.release()  # with its stale etag: must not delete b's lease
     assert b.holder() == b._mine
     b.check()
     # Removed by hand (the hint's fix) and created by another writer: fenced by etag too.
@@ -185,7 +183,10 @@ def test_check_renew_release_after_a_takeover(seaweed_s3: S3Service, prefix: str
     c = lease_of(seaweed_s3, prefix)
     c.acquire(0, ttl=30)
     with pytest.raises(LeaseLost, match="took it over"):
+        b.renew()  # its etag no longer matches: no late renewal steals it back
+    with pytest.raises(LeaseLost):
         b.check()
+    assert c.holder() == c._mine
     c.release()
 
 

@@ -133,7 +133,7 @@ def test_second_process_fails_after_timeout_naming_the_holder(tmp_path: Path) ->
 
 def test_two_processes_take_turns(tmp_path: Path) -> None:
     start = time.time() + 1.0  # both start polling at the same moment
-    workers = [Worker("dir", str(tmp_path), "m", "--hold", "0.8", "--timeout", "15",
+    workers = [Worker("dir", str(tmp_path), "m", "--hold", "1.5", "--timeout", "15",
                       "--start-at", str(start)) for _ in range(2)]
     try:
         assert [w.finish() for w in workers] == [0, 0]
