@@ -209,7 +209,7 @@ class _Base:
 
     def _held_error(self, holder: Holder | None, waited: float) -> LeaseHeld:
         who = (f"{holder.owner}@{holder.host} pid {holder.pid} since {holder.acquired}, "
-               f"lease expires {holder.expires}") if holder else "another writer (lease being written)"
+               f"lease expires {holder.expires}") if holder else "another writer (its lease was unreadable or changing)"
         return LeaseHeld(
             f"model '{self.model}' in repository {self.repository} is being written by {who}; "
             f"gave up after {waited:.1f}s", hint=self._fix(holder))
@@ -241,7 +241,14 @@ class DirLease(_Base):
         self._fd: int | None = None
 
     def _try_take(self, holder: Holder) -> tuple[bool, Holder | None]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            raise UsageError(f"model repository {self.root} is not a directory",
+                             hint="create it or fix the repository path") from None
+        except PermissionError:
+            raise TrtbuildError(f"cannot create the lease file {self.path}: permission denied",
+                                hint="a writer needs write access to the repository directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.errors import ServiceError
 from pipeline.repository.lease import DirLease, Holder, LeaseHeld, LeaseLost, S3Lease, held
 from pipeline.triton.control import ModelControl
 from pipeline.triton.server import TritonServer
@@ -200,6 +201,19 @@ def test_an_unreadable_lease_object_expires_a_ttl_after_it_was_written(seaweed_s
     lease.acquire(5, ttl=1.0)
     lease.check()
     lease.release()
+
+
+def test_refused_credentials_are_one_line(seaweed_s3: S3Service) -> None:
+    import boto3
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=seaweed_s3.endpoint, region_name="us-east-1",
+        aws_access_key_id=seaweed_s3.access_key, aws_secret_access_key="wrong-secret")
+    lease = S3Lease(client, BUCKET, "repo", "m")
+    with pytest.raises(ServiceError, match=rf"lease write s3://{BUCKET}/repo/.m.trtbuild-lease: "
+                                           r"S3 error SignatureDoesNotMatch") as err:
+        lease.acquire(0)
+    assert "\n" not in err.value.one_line() and "wrong-secret" not in err.value.one_line()
 
 
 # ---------------------------------------------------------------------- Triton ignores it

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import LockError, UsageError
+from pipeline.errors import LockError, TrtbuildError, UsageError
 from pipeline.repository.lease import (
     DirLease,
     Holder,
@@ -44,6 +44,18 @@ def test_lease_file_is_a_hidden_top_level_file(tmp_path: Path) -> None:
 def test_model_name_must_be_one_path_component(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UsageError, match="plain directory name"):
         DirLease(tmp_path, bad)
+
+
+def test_missing_or_read_only_repository_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"model repository .*/nope is not a directory"):
+        DirLease(tmp_path / "nope", "m").acquire(0)
+    if os.geteuid() != 0:  # root writes anywhere
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(TrtbuildError, match="permission denied"):
+                DirLease(tmp_path, "m").acquire(0)
+        finally:
+            tmp_path.chmod(0o755)
 
 
 def test_owner_from_env_then_ci_then_user(monkeypatch: pytest.MonkeyPatch) -> None:
