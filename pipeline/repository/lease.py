@@ -191,13 +191,16 @@ class _Base:
             raise UsageError(f"lease ttl must be > 0 and timeout >= 0 (got {ttl}, {timeout})")
         self._ttl = ttl
         start = time.monotonic()
-        delay, reported = 0.05, -WAIT_REPORT_S
+        delay, reported, quick = 0.05, -WAIT_REPORT_S, 3
         while True:
             mine = Holder.new(ttl)
             taken, seen = self._try_take(mine)
             if taken:
                 self._mine, self._lost = mine, None
                 return mine
+            if seen is None and quick > 0:
+                quick -= 1  # released (or replaced) under our feet: try again now, even at timeout 0
+                continue
             waited = time.monotonic() - start
             if waited >= timeout:
                 raise self._held_error(seen, waited)

@@ -153,6 +153,23 @@ def test_a_killed_holder_is_taken_over_after_expiry_never_before(seaweed_s3: S3S
     taker.release()
 
 
+def test_a_lease_released_between_create_and_read_is_taken_at_timeout_zero(
+        seaweed_s3: S3Service, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = lease_of(seaweed_s3, prefix), lease_of(seaweed_s3, prefix)
+    first.acquire(0, ttl=30)
+    real_read = second._read
+
+    def released_just_before_read() -> tuple[Holder | None, str, float] | None:
+        if first._etag is not None:
+            first.release()  # the holder lets go between our failed create and our read
+        return real_read()
+
+    monkeypatch.setattr(second, "_read", released_just_before_read)
+    second.acquire(0, ttl=30)
+    assert second.holder() == second._mine
+    second.release()
+
+
 def test_renewal_keeps_the_lease_past_its_ttl(seaweed_s3: S3Service, prefix: str) -> None:
     lease = lease_of(seaweed_s3, prefix, margin=0.1)
     with held(lease, timeout=1, ttl=1.0, renew_every=0.25):
