@@ -1,13 +1,12 @@
 """One writer per model on a Triton model repository: a lease per model.
 
-Where it lives: `<repo>/.<model>.trtbuild-lease` (a directory repository) or
-`<prefix>/.<model>.trtbuild-lease` (S3). Triton takes every top-level *directory* of a
-repository for a model and skips top-level files. Seen with the tritonserver 2.51 of the
-nvidia-pytriton wheel (December 2026, tests/integration/test_repository_lease_s3.py keeps
-checking it): with a locked lease file beside a model, poll mode and explicit mode (a
-`load_model` of the model, and the repository index) load the model and log nothing about
-the file; the repository index lists the model only. The same holds for an S3 repository
-on SeaweedFS with the lease object at the prefix.
+Where it lives: `<repo>/.<model>.trtbuild-lease` (directory) or `<prefix>/.<model>.trtbuild-lease`
+(S3). Triton takes each top-level *directory* for a model and skips top-level files. Seen
+with the nvidia-pytriton wheel's tritonserver 2.51 (December 2026; the integration tests keep
+checking it): beside a locked lease file (and a plain `stray-file.txt`), poll mode (1 s polls,
+the file coming and going) and explicit mode (load, reload) load the model, the repository
+index lists the model only, and the log never names the file. Same for an S3 repository on
+SeaweedFS with the lease object at the prefix.
 
 Directory: an `fcntl.flock` on the lease file. The kernel drops it when the holder dies
 (SIGKILL included), so a dead writer never blocks anyone; `expires` is written only for
@@ -18,7 +17,10 @@ S3 (SeaweedFS 4.48, measured December 2026 with boto3 1.44, see the integration 
 `put_object(IfNoneMatch='*')` on an existing key -> 412; `put_object(IfMatch=etag)` and
 `delete_object(IfMatch=etag)` with a stale or wrong etag -> 412 and the object unchanged,
 with the current etag -> done; `IfMatch` on a missing key -> 412. Two clients racing a
-conditional PUT on one etag, or a create on one key: exactly one won, 30 rounds of 30 each.
+conditional PUT on one etag, or a create on one key: exactly one won, in each of 30 rounds.
+With this module, 3 processes taking over one expired lease: one winner in each of 100 rounds;
+acquire, renew, check (a HEAD) and release took a median 5-8 ms each. Measured against one S3
+gateway (`weed mini`); several gateways must serialise conditional writes too (AWS S3 does).
 So:
 - acquire = create with IfNoneMatch='*';
 - renew = PUT IfMatch=<own etag> (a new `expires`);

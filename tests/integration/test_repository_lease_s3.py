@@ -249,6 +249,7 @@ def _assert_only_echo_loaded(server: TritonServer) -> None:
 def test_triton_ignores_a_held_lease_file(tmp_path: Path, mode: str,
                                           triton_install: object) -> None:
     write_echo_model(tmp_path, "echo")
+    (tmp_path / "stray-file.txt").write_text("a plain top-level file is skipped too\n")
     lease = DirLease(tmp_path, "echo")
     lease.acquire(0, ttl=30)
     server = TritonServer(triton_install,  # type: ignore[arg-type]
