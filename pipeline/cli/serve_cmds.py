@@ -29,13 +29,14 @@ SERVER_REPO = click.option("--server-repository", default=None,
 @common
 def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: Path | None, json_mode: bool) -> None:
     """Start tritonserver on a model repository (explicit model control) until interrupted."""
-    from pipeline.triton.repository import ModelDir, top_level_models
+    from pipeline.repository.local import DirectoryRepository
     from pipeline.triton.server import TritonServer, locate_tritonserver
 
     out = Output(json_mode=json_mode)
-    models = top_level_models(repository)
+    repo = DirectoryRepository(repository)
+    models = repo.top_level_models()
     install = locate_tritonserver(binary)
-    from pipeline.triton.parallel import serving_env
+    from pipeline.repository.parallel import serving_env
 
     env = serving_env(repository)  # orchestrator mode when an engine spans several GPUs
     if env:
@@ -46,7 +47,7 @@ def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: P
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server.start(repository.resolve(), http_port=http_port, grpc_port=grpc_port, host=host, load=models):
         info = {"http_url": server.http_url, "grpc_url": server.grpc_url, "pid": server.pid,
-                "models": {m: ModelDir(repository / m).served_versions() for m in models}}
+                "models": {m: repo.served_versions(m) for m in models}}
         out.result(info)
         out.human(f"[green]tritonserver ready[/] http {server.http_url} grpc {server.grpc_url}; models {models}")
         out.human("Ctrl-C stops it (SIGTERM, then SIGKILL of its process group, then shm cleanup)")
@@ -82,7 +83,7 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
             store: str | None, server_repository: str | None, switch: str, json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
-    from pipeline.triton.publish import publish_bundle
+    from pipeline.repository.publish import publish_bundle
 
     out = Output(json_mode=json_mode)
     facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
@@ -126,7 +127,7 @@ def rollback(model: str, to_version: int | None, repository: Path, server_url: s
     if registry is None:
         if not triton:
             raise UsageError("rollback --no-triton needs --registry: there is nothing else to roll back")
-        from pipeline.triton.publish import rollback as do_rollback
+        from pipeline.repository.publish import rollback as do_rollback
 
         res = do_rollback(repository, model, server_url=server_url, to=to_version,
                           server_repository=server_repository, switch=switch)

@@ -21,9 +21,9 @@ from pipeline.errors import DriftError
 from pipeline.gitops.desired import load_desired
 from pipeline.gitops.sync import SyncResult, raise_for_drift, sync
 from pipeline.registry.mlflow_registry import open_registry
+from pipeline.repository.local import DirectoryRepository
 from pipeline.store import open_store
 from pipeline.triton.control import ModelControl
-from pipeline.triton.repository import ModelDir
 from pipeline.triton.server import TritonServer, locate_tritonserver
 from tests.conftest import ROOT
 from tests.integration.test_publish_triton import MODEL, Load, collapse, make_bundle
@@ -112,7 +112,7 @@ def test_apply_noop_change_revert_with_zero_failed_requests(
     state_file.write_text(state_file.read_text().replace("version: 1", "version: 2"))
     git(gitops, "commit", "-q", "-am", "production: tiny v2")
     dry = sync(load_desired(state_file), dry_run=True, cache=cache)
-    assert dry.models[0].action == "would-publish" and ModelDir(repo / MODEL).served_versions() == [1]
+    assert dry.models[0].action == "would-publish" and DirectoryRepository(repo).served_versions(MODEL) == [1]
     with Load(url) as load:
         up = apply()
     assert up.models[0].action == "publish" and up.models[0].to_version == 2
@@ -128,8 +128,8 @@ def test_apply_noop_change_revert_with_zero_failed_requests(
     assert back.models[0].action == "switch" and back.models[0].to_version == 1
     assert load.errors == [] and collapse(load.versions) == [2, 1]
     switch_requests.append(len(load.versions))
-    assert ModelDir(repo / MODEL).served_versions() == [1] and ModelControl(url).ready_versions(MODEL) == [1]
-    assert sorted(ModelDir(repo / MODEL).versions()) == [1, 2]  # nothing was materialized twice
+    assert DirectoryRepository(repo).served_versions(MODEL) == [1] and ModelControl(url).ready_versions(MODEL) == [1]
+    assert sorted(DirectoryRepository(repo).versions(MODEL)) == [1, 2]  # nothing was materialized twice
 
     # an alias follows the registry: candidate -> v2 (on disk: a switch again)
     state_file.write_text(state_file.read_text().replace("version: 1", "alias: candidate"))
@@ -147,12 +147,12 @@ def test_drift_it_cannot_fix_exits_nonzero(server: tuple[TritonServer, Path], re
     state_file = tmp_path / "production.yaml"
     # version 7 is not registered: nothing can be resolved, the repository is left as it is
     state_file.write_text(desired_text(str(released["registry"]), repo, srv.http_url, "version: 7"))
-    before = ModelDir(repo / MODEL).served_versions()
+    before = DirectoryRepository(repo).served_versions(MODEL)
     res = sync(load_desired(state_file), cache=tmp_path / "cache")
     assert res.failed and "not found" in str(res.models[0].error)
     with pytest.raises(DriftError, match=f"not in the desired state: {MODEL}"):
         raise_for_drift(res)
-    assert ModelDir(repo / MODEL).served_versions() == before
+    assert DirectoryRepository(repo).served_versions(MODEL) == before
 
     cli = trtbuild(tmp_path, "sync", str(state_file))
     assert cli.returncode == 1 and "Traceback" not in cli.stderr

@@ -18,11 +18,12 @@ from pipeline.bundle import facts_for_target, write_manifest
 from pipeline.errors import CompatibilityError, IntegrityError, TrtbuildError
 from pipeline.quant.calibration import load_calibration
 from pipeline.quant.quantize import quantize_checkpoint
+from pipeline.repository import history
+from pipeline.repository.base import ModelRepository, parse_config
+from pipeline.repository.local import DirectoryRepository
+from pipeline.repository.publish import BackendUnavailableError, publish_bundle, rollback
 from pipeline.store import open_store
-from pipeline.triton import history
 from pipeline.triton.client import LLMClient
-from pipeline.triton.publish import BackendUnavailableError, publish_bundle, rollback
-from pipeline.triton.repository import ModelDir, parse_config
 from pipeline.triton.server import TritonServer, locate_tritonserver
 from pipeline.util.hashing import iter_content_files, sha256_file
 from tests.integration.services_fixtures import *  # noqa: F403 - fixtures
@@ -121,7 +122,7 @@ def test_publish_switch_rollback_zero_failures(server: tuple[TritonServer, Path]
     with Load(url) as load:
         back = rollback(repo, MODEL, server_url=url)
     assert back.version == 1 and load.errors == [] and collapse(load.versions) == [2, 1]
-    assert ModelDir(repo / MODEL).served_versions() == [1]
+    assert DirectoryRepository(repo).served_versions(MODEL) == [1]
     cfg = parse_config((repo / MODEL / "config.pbtxt").read_text())
     assert "${" not in str(cfg) and cfg.model_transaction_policy.decoupled
 
@@ -137,7 +138,7 @@ def test_broken_versions_are_refused_and_nothing_changes(server: tuple[TritonSer
     if not (repo / MODEL / "config.pbtxt").exists():
         publish_bundle(bundles["v1"], repo, MODEL, facts=CPU, server_url=url)
     before = snapshot(repo)
-    serving = ModelDir(repo / MODEL).served_versions()
+    serving = DirectoryRepository(repo).served_versions(MODEL)
 
     # a corrupted file: refused before anything is written
     corrupt = tmp_path / "corrupt"
@@ -178,12 +179,13 @@ def served_version(url: str, model: str) -> int | None:
     return LLMClient(url, timeout=60).stream(model, "The object", max_tokens=2, ignore_eos=True).model_version
 
 
-def publish_four_keep_two(url: str, repo: Path, model: str, bundles: dict[str, Path], store: str) -> ModelDir:
+def publish_four_keep_two(url: str, repo: Path, model: str, bundles: dict[str, Path],
+                          store: str) -> ModelRepository:
     for name in ("v1", "v2", "v3", "v4"):
         publish_bundle(bundles[name], repo, model, facts=CPU, keep=2, server_url=url, store=store)
-    md = ModelDir(repo / model)
-    assert md.versions() == [3, 4] and md.served_versions() == [4]  # 1 and 2 were pruned
-    assert sorted(history.read(md.root)) == [1, 2, 3, 4]
+    md = DirectoryRepository(repo)
+    assert md.versions(model) == [3, 4] and md.served_versions(model) == [4]  # 1 and 2 were pruned
+    assert sorted(history.read(md, model)) == [1, 2, 3, 4]
     return md
 
 
@@ -197,14 +199,14 @@ def test_rollback_to_a_pruned_version_comes_back_from_a_file_store(server: tuple
     md = publish_four_keep_two(url, repo, model, bundles, store.uri)
 
     # a damaged stored object: refused with the file named; the repository and what serves unchanged
-    damaged = history.read(md.root)[2].bundle_id
+    damaged = history.read(md, model)[2].bundle_id
     obj = tmp_path / "store" / "bundles" / damaged / "files" / "checkpoint" / "config.json"
     obj.chmod(0o644)
     obj.write_text('{"garbage": true}')
     before = snapshot(repo)
     with pytest.raises(IntegrityError, match=r"checkpoint/config\.json: .*(does not match its sha256|bytes)"):
         rollback(repo, model, server_url=url, to=2)
-    assert snapshot(repo) == before and md.served_versions() == [4]
+    assert snapshot(repo) == before and md.served_versions(model) == [4]
     assert served_version(url, model) == 4
     assert not [p for p in repo.iterdir() if p.name.startswith(".fetch-")]
 
@@ -212,8 +214,9 @@ def test_rollback_to_a_pruned_version_comes_back_from_a_file_store(server: tuple
         back = rollback(repo, model, server_url=url, to=1)
     assert back.fetched and back.version == 1 and back.previous == [4]
     assert load.errors == [] and collapse(load.versions) == [4, 1]
-    assert md.served_versions() == [1] and md.versions() == [1, 3, 4]
-    assert md.bundle_id(1) == history.read(md.root)[1].bundle_id == sha256_file(bundles["v1"] / "manifest.json")
+    assert md.served_versions(model) == [1] and md.versions(model) == [1, 3, 4]
+    v1_id = sha256_file(bundles["v1"] / "manifest.json")
+    assert md.bundle_id(model, 1) == history.read(md, model)[1].bundle_id == v1_id
     assert served_version(url, model) == 1
 
 
@@ -225,9 +228,9 @@ def test_rollback_to_a_pruned_version_comes_back_from_s3(server: tuple[TritonSer
     for b in bundles.values():
         store.put(b)
     md = publish_four_keep_two(url, repo, model, bundles, s3_uri)
-    assert history.read(md.root)[1].store == s3_uri
+    assert history.read(md, model)[1].store == s3_uri
 
-    damaged = history.read(md.root)[2].bundle_id
+    damaged = history.read(md, model)[2].bundle_id
     key = store.object_uri(damaged, "checkpoint/config.json").removeprefix("s3://").split("/", 1)
     s3_env.client().put_object(Bucket=key[0], Key=key[1], Body=b'{"garbage": true}')
     before = snapshot(repo)
@@ -236,7 +239,7 @@ def test_rollback_to_a_pruned_version_comes_back_from_s3(server: tuple[TritonSer
     assert snapshot(repo) == before and served_version(url, model) == 4
 
     back = rollback(repo, model, server_url=url, to=1)
-    assert back.fetched and md.served_versions() == [1] and served_version(url, model) == 1
+    assert back.fetched and md.served_versions(model) == [1] and served_version(url, model) == 1
 
 
 def test_tensorrt_bundle_is_refused_by_a_server_without_tensorrtllm(server: tuple[TritonServer, Path],
@@ -295,7 +298,7 @@ def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[T
     publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
     with Load(url, model) as load, ReadyWatch(url, model) as watch:
         res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url, switch="drain")
-    assert res.version == 2 and ModelDir(repo / model).served_versions() == [2]
+    assert res.version == 2 and DirectoryRepository(repo).served_versions(model) == [2]
     downtime = res.seconds["downtime"]
     assert downtime > 0 and watch.down_at, "a drain has a window in which the model is not ready"
     assert watch.window <= downtime + 0.5  # the client's window is inside what publish reports

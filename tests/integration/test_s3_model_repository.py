@@ -14,9 +14,9 @@ import pytest
 
 from pipeline.gitops.desired import load_desired
 from pipeline.gitops.sync import raise_for_drift, sync
+from pipeline.repository.s3 import S3Repository
 from pipeline.triton.client import LLMClient
 from pipeline.triton.control import ModelControl
-from pipeline.triton.s3_repository import S3ModelRepository
 from pipeline.triton.server import TritonServer
 from tests.integration.services_fixtures import BUCKET, S3Service, s3_env, s3_uri, seaweed_s3, use_s3_env
 from tests.integration.test_gitops_sync import REGISTERED, released
@@ -73,7 +73,7 @@ def test_tritonserver_loads_a_python_model_from_seaweedfs(fresh_s3: S3Service, t
     # bucket of over 1,000 objects Triton stops finding new versions (check_bucket_size)
     bucket = own_bucket(s3_env)
     upload_tree(s3_env, tmp_path / "local", "repo", bucket=bucket)
-    repo = S3ModelRepository(f"s3://{bucket}/repo")
+    repo = S3Repository(f"s3://{bucket}/repo")
     assert repo.triton_uri().startswith("s3://127.0.0.1:") and repo.versions("echo") == [1, 2]
     server: TritonServer = start_triton(repo.triton_uri(), load=["echo"])  # type: ignore[operator]
     control = ModelControl(server.http_url)
@@ -105,7 +105,7 @@ def test_sync_into_an_s3_repository(s3_env: S3Service, s3_uri: str, released: di
     write("version: 1")
     first = apply()
     assert first.models[0].action == "publish" and first.models[0].to_version == 1  # type: ignore[attr-defined]
-    repo = S3ModelRepository(repo_uri)
+    repo = S3Repository(repo_uri)
     assert repo.served_versions(MODEL) == [1] and repo.bundle_id(MODEL, 1) == ids[1]
     assert apply().models[0].action == "in-sync"  # type: ignore[attr-defined]
 
@@ -159,7 +159,7 @@ def test_pipeline_publish_stage_into_s3(s3_env: S3Service, s3_uri: str, tmp_path
         assert r.returncode == 0, r.stderr[-3000:]
         runs.append({s["name"]: s["status"] for s in json.loads(r.stdout)["stages"]})
     assert runs[0]["publish"] == "done" and runs[1]["publish"] == "skipped"
-    repo = S3ModelRepository(repo_uri)
+    repo = S3Repository(repo_uri)
     assert repo.versions("tiny") == [1] and repo.served_versions("tiny") == [1]
     assert repo.bundle_id("tiny", 1) is not None
 

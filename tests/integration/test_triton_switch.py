@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ServiceError
+from pipeline.repository.switch import SwitchError, switch_version
 from pipeline.triton.client import LLMClient
 from pipeline.triton.control import ModelControl
 from pipeline.triton.server import TritonServer
-from pipeline.triton.switch import SwitchError, switch_version
 from tests.integration.triton_fixtures import (
     BackgroundLoad,
     Record,
