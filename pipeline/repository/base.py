@@ -215,8 +215,9 @@ class ModelRepository(ABC):
         try:
             for m in rendered.composing:
                 if self.exists(m.name):
-                    raise RepositoryError(f"{self.where(m.name)} already exists; composing models of a version are "
-                                          "immutable (left over from an interrupted publish? remove it)")
+                    # named <model>_v<N>_<role>: only version N of this model routes through it, and
+                    # that version does not exist, so it is what an interrupted publish left behind
+                    self.remove_tree("publish.cleanup", m.name)
                 created.append(m.name)
                 self.write_model(f"{op}.composing", m.name, version, render_config(m.config), m.files)
             self.write_version(f"{op}.version_files", model, version, bundle.dir,

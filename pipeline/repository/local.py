@@ -103,7 +103,9 @@ class DirectoryRepository(ModelRepository):
         models of some version (those load with their ensemble, and only the served version's)."""
         if not self.root.is_dir():
             return []
-        models = [p.name for p in sorted(self.root.iterdir()) if (p / CONFIG).is_file()]
+        # a hidden entry is a temporary directory left by a killed write (atomic.staged_dir), never a model
+        models = [p.name for p in sorted(self.root.iterdir())
+                  if not p.name.startswith(".") and (p / CONFIG).is_file()]
         composing = {name for m in models for v in self.versions(m) for name in self.version_composing(m, v)}
         return [m for m in models if m not in composing]
 
