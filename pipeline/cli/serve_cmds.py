@@ -13,6 +13,9 @@ from pipeline.cli.output import Output
 
 REPO = click.option("--repository", type=click.Path(path_type=Path), default=Path("triton_repo"), show_default=True,
                     envvar="TRTBUILD_TRITON_REPO", help="Triton model repository.")
+# publish and rollback write through pipeline/repository (open_repository): a directory or s3://bucket/prefix
+REPO_URI = click.option("--repository", default="triton_repo", show_default=True, envvar="TRTBUILD_TRITON_REPO",
+                        help="Triton model repository: a directory or s3://bucket/prefix.")
 SERVER = click.option("--server-url", envvar="TRTBUILD_TRITON_URL", default=None,
                       help="Triton HTTP URL to switch live (default: $TRTBUILD_TRITON_URL; none: files only).")
 SERVER_REPO = click.option("--server-repository", default=None,
@@ -69,7 +72,7 @@ SWITCH = click.option(
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--model", required=True, callback=model_name, help="Triton model name.")
-@REPO
+@REPO_URI
 @SERVER
 @click.option("--keep", type=int, default=3, show_default=True, help="Version directories kept on disk.")
 @click.option("--target", help="Runtime to check the bundle against (default: this host).")
@@ -79,7 +82,7 @@ SWITCH = click.option(
 @SERVER_REPO
 @SWITCH
 @common
-def publish(bundle: Path, model: str, repository: Path, server_url: str | None, keep: int, target: str | None,
+def publish(bundle: Path, model: str, repository: str, server_url: str | None, keep: int, target: str | None,
             store: str | None, server_repository: str | None, switch: str, json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
@@ -97,7 +100,7 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 @click.command()
 @click.argument("model", callback=model_name)
 @click.option("--to", "to_version", type=int, help="Triton version to serve (default: the previous one).")
-@REPO
+@REPO_URI
 @SERVER
 @click.option("--registry", "registry", default=None, is_flag=False, flag_value="env",
               help="Move MLflow's 'production' alias back one version and serve the bundle it now "
@@ -108,7 +111,7 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 @SERVER_REPO
 @SWITCH
 @common
-def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, registry: str | None,
+def rollback(model: str, to_version: int | None, repository: str, server_url: str | None, registry: str | None,
              registered_model: str | None, triton: bool, server_repository: str | None, switch: str,
              json_mode: bool) -> None:
     """Serve the previous (or --to) version of MODEL again, through load, ready and smoke.
