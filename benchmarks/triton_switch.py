@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.triton import pbtxt  # noqa: E402
+from pipeline.repository import pbtxt  # noqa: E402
+from pipeline.repository.switch import switch_version  # noqa: E402
 from pipeline.triton.client import LLMClient  # noqa: E402
 from pipeline.triton.control import ModelControl  # noqa: E402
 from pipeline.triton.server import TritonServer, locate_tritonserver  # noqa: E402
-from pipeline.triton.switch import switch_version  # noqa: E402
 from pipeline.util import atomic  # noqa: E402
 from tests.integration.triton_fixtures import BackgroundLoad, write_echo_model  # noqa: E402
 

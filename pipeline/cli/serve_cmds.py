@@ -13,6 +13,9 @@ from pipeline.cli.output import Output
 
 REPO = click.option("--repository", type=click.Path(path_type=Path), default=Path("triton_repo"), show_default=True,
                     envvar="TRTBUILD_TRITON_REPO", help="Triton model repository.")
+# publish and rollback write through pipeline/repository (open_repository): a directory or s3://bucket/prefix
+REPO_URI = click.option("--repository", default="triton_repo", show_default=True, envvar="TRTBUILD_TRITON_REPO",
+                        help="Triton model repository: a directory or s3://bucket/prefix.")
 SERVER = click.option("--server-url", envvar="TRTBUILD_TRITON_URL", default=None,
                       help="Triton HTTP URL to switch live (default: $TRTBUILD_TRITON_URL; none: files only).")
 SERVER_REPO = click.option("--server-repository", default=None,
@@ -29,13 +32,14 @@ SERVER_REPO = click.option("--server-repository", default=None,
 @common
 def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: Path | None, json_mode: bool) -> None:
     """Start tritonserver on a model repository (explicit model control) until interrupted."""
-    from pipeline.triton.repository import ModelDir, top_level_models
+    from pipeline.repository.local import DirectoryRepository
     from pipeline.triton.server import TritonServer, locate_tritonserver
 
     out = Output(json_mode=json_mode)
-    models = top_level_models(repository)
+    repo = DirectoryRepository(repository)
+    models = repo.top_level_models()
     install = locate_tritonserver(binary)
-    from pipeline.triton.parallel import serving_env
+    from pipeline.repository.parallel import serving_env
 
     env = serving_env(repository)  # orchestrator mode when an engine spans several GPUs
     if env:
@@ -46,7 +50,7 @@ def serve(repository: Path, http_port: int, grpc_port: int, host: str, binary: P
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server.start(repository.resolve(), http_port=http_port, grpc_port=grpc_port, host=host, load=models):
         info = {"http_url": server.http_url, "grpc_url": server.grpc_url, "pid": server.pid,
-                "models": {m: ModelDir(repository / m).served_versions() for m in models}}
+                "models": {m: repo.served_versions(m) for m in models}}
         out.result(info)
         out.human(f"[green]tritonserver ready[/] http {server.http_url} grpc {server.grpc_url}; models {models}")
         out.human("Ctrl-C stops it (SIGTERM, then SIGKILL of its process group, then shm cleanup)")
@@ -68,7 +72,7 @@ SWITCH = click.option(
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--model", required=True, callback=model_name, help="Triton model name.")
-@REPO
+@REPO_URI
 @SERVER
 @click.option("--keep", type=int, default=3, show_default=True, help="Version directories kept on disk.")
 @click.option("--target", help="Runtime to check the bundle against (default: this host).")
@@ -78,11 +82,11 @@ SWITCH = click.option(
 @SERVER_REPO
 @SWITCH
 @common
-def publish(bundle: Path, model: str, repository: Path, server_url: str | None, keep: int, target: str | None,
+def publish(bundle: Path, model: str, repository: str, server_url: str | None, keep: int, target: str | None,
             store: str | None, server_repository: str | None, switch: str, json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
-    from pipeline.triton.publish import publish_bundle
+    from pipeline.repository.publish import publish_bundle
 
     out = Output(json_mode=json_mode)
     facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
@@ -96,7 +100,7 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 @click.command()
 @click.argument("model", callback=model_name)
 @click.option("--to", "to_version", type=int, help="Triton version to serve (default: the previous one).")
-@REPO
+@REPO_URI
 @SERVER
 @click.option("--registry", "registry", default=None, is_flag=False, flag_value="env",
               help="Move MLflow's 'production' alias back one version and serve the bundle it now "
@@ -107,7 +111,7 @@ def publish(bundle: Path, model: str, repository: Path, server_url: str | None, 
 @SERVER_REPO
 @SWITCH
 @common
-def rollback(model: str, to_version: int | None, repository: Path, server_url: str | None, registry: str | None,
+def rollback(model: str, to_version: int | None, repository: str, server_url: str | None, registry: str | None,
              registered_model: str | None, triton: bool, server_repository: str | None, switch: str,
              json_mode: bool) -> None:
     """Serve the previous (or --to) version of MODEL again, through load, ready and smoke.
@@ -126,7 +130,7 @@ def rollback(model: str, to_version: int | None, repository: Path, server_url: s
     if registry is None:
         if not triton:
             raise UsageError("rollback --no-triton needs --registry: there is nothing else to roll back")
-        from pipeline.triton.publish import rollback as do_rollback
+        from pipeline.repository.publish import rollback as do_rollback
 
         res = do_rollback(repository, model, server_url=server_url, to=to_version,
                           server_repository=server_repository, switch=switch)

@@ -2,7 +2,7 @@
 
 A stand-in bundle holds only the manifest (and, for pytorch, the LLM API options file) with the
 runtime section the build stage writes; the Triton repository is then written by publish's own
-code (materialize_version, install_config) into DIR/triton_repo, and every config is checked
+code (DirectoryRepository.materialize, install_config) into DIR/triton_repo, and every config is checked
 against the upstream records.
 """
 
@@ -81,8 +81,8 @@ def render(loaded: LoadedRecipe, out_dir: Path, switch: SwitchPlan) -> RenderedF
     """Write DIR/triton_repo (and DIR/llm_api_options.yaml for pytorch bundles); check every config."""
     from pipeline import upstream
     from pipeline.bundle import load_bundle
-    from pipeline.triton.render import ServingOptions, render_version
-    from pipeline.triton.repository import ModelDir, install_config, materialize_version
+    from pipeline.repository.local import DirectoryRepository
+    from pipeline.repository.render import ServingOptions, render_version
 
     r = loaded.recipe
     res = RenderedFiles()
@@ -99,8 +99,9 @@ def render(loaded: LoadedRecipe, out_dir: Path, switch: SwitchPlan) -> RenderedF
         for m in rendered.all():
             res.problems += [f"triton_repo/{m.name}/config.pbtxt: {p}"
                              for p in upstream.check_triton_config(m.role, m.config)]
-        materialize_version(ModelDir(repo / model), bundle, 1, server_repository=served_root, options=options)
-        install_config(ModelDir(repo / model), 1)
+        target = DirectoryRepository(repo)
+        target.materialize(model, bundle, 1, server_repository=served_root, options=options)
+        target.install_config(model, 1)
         if r.build.backend == "pytorch":
             from pipeline.backends.pytorch import llm_api_options
 

@@ -7,7 +7,8 @@ digest; a digest directly), then compare with what the repository serves:
     bundle on disk      switch to that version: the rollback path (load, ready, smoke, restore on failure)
     bundle not on disk  fetch it from the store (every sha256 verified) and publish it as the next version
 
-Both changes go through pipeline/triton/publish.py, so a live server keeps the old version
+Both changes go through pipeline/repository/publish.py (one code path for a directory and for
+s3://bucket/prefix, picked by open_repository), so a live server keeps the old version
 serving until the new one is ready. Afterwards the repository (and the server, when given) is
 checked again; a model that still differs is drift this run could not fix, and sync fails.
 """
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import DriftError, GitOpsError, TrtbuildError
 from pipeline.gitops.desired import DesiredState, ModelState
+
+if TYPE_CHECKING:
+    from pipeline.repository.base import ModelRepository
 
 BUNDLE_CACHE = Path("artifacts/bundles")
 
@@ -136,124 +140,37 @@ def fetch_bundle(store_uri: str, bundle_id: str, cache: Path) -> Path:
     return open_store(store_uri).get(bundle_id, dest)
 
 
-# --------------------------------------------------------------------------- repositories
-class LocalRepo:
-    """A model repository directory on this host: ModelDir plus publish/rollback."""
-
-    def __init__(self, path: Path) -> None:
-        self.root = path.resolve()
-        self.where = str(self.root)
-
-    def served(self, model: str) -> list[int]:
-        from pipeline.triton.repository import ModelDir
-
-        return ModelDir(self.root / model).served_versions()
-
-    def bundle_id(self, model: str, version: int) -> str | None:
-        from pipeline.triton.repository import ModelDir
-
-        return ModelDir(self.root / model).bundle_id(version)
-
-    def version_of(self, model: str, bundle_id: str) -> int | None:
-        from pipeline.triton.repository import ModelDir
-
-        return ModelDir(self.root / model).version_of(bundle_id)
-
-    def switch(self, model: str, version: int, url: str | None, timeout: float,
-               strategy: str = "side-by-side") -> dict[str, float]:
-        from pipeline.triton.publish import rollback
-
-        return rollback(self.root, model, server_url=url, to=version, load_timeout=timeout,
-                        switch=strategy).seconds
-
-    def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
-                timeout: float) -> tuple[int, dict[str, float]]:
-        from pipeline.triton.publish import publish_bundle
-
-        pub = publish_bundle(bundle_dir, self.root, model, facts=facts, keep=m.keep_versions, server_url=url,
-                             load_timeout=timeout, instances=m.instances, switch=m.switch)
-        return pub.version, pub.seconds
-
-
-class S3Repo:
-    """An s3://bucket/prefix model repository (pipeline/triton/s3_repository.py)."""
-
-    def __init__(self, uri: str) -> None:
-        from pipeline.triton.s3_repository import S3ModelRepository
-
-        self.repo = S3ModelRepository(uri)
-        self.where = self.repo.uri
-
-    def served(self, model: str) -> list[int]:
-        return self.repo.served_versions(model)
-
-    def bundle_id(self, model: str, version: int) -> str | None:
-        return self.repo.bundle_id(model, version)
-
-    def version_of(self, model: str, bundle_id: str) -> int | None:
-        return self.repo.version_of(model, bundle_id)
-
-    def switch(self, model: str, version: int, url: str | None, timeout: float,
-               strategy: str = "side-by-side") -> dict[str, float]:
-        from pipeline.triton.s3_repository import switch_s3
-
-        _no_drain(strategy)
-        # rolling: replicas restart into the new policy; nothing is loaded through the API
-        return switch_s3(self.repo, model, version, server_url=None if strategy == "rolling" else url,
-                         load_timeout=timeout)
-
-    def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
-                timeout: float) -> tuple[int, dict[str, float]]:
-        from pipeline.triton.s3_repository import publish_bundle_s3
-
-        _no_drain(m.switch)
-        url = None if m.switch == "rolling" else url
-        pub = publish_bundle_s3(bundle_dir, self.repo, model, facts=facts, keep=m.keep_versions, server_url=url,
-                                load_timeout=timeout, instances=m.instances)
-        return pub.version, pub.seconds
-
-
-def _no_drain(strategy: str) -> None:
-    if strategy == "drain":
-        from pipeline.errors import ServiceError
-
-        raise ServiceError("switch 'drain' unloads a model through one server's API; an s3:// repository is "
-                           "served by replicas that poll it: use switch 'rolling' (or side-by-side if two "
-                           "versions fit)")
-
-
-def open_repo(repository: str) -> LocalRepo | S3Repo:
-    return S3Repo(repository) if repository.startswith("s3://") else LocalRepo(Path(repository))
-
-
 # --------------------------------------------------------------------------- sync
 def sync(state: DesiredState, *, dry_run: bool = False, server_url: str | None = None,
          cache: Path = BUNDLE_CACHE, load_timeout: float = 300.0) -> SyncResult:
     """Reconcile every model of `state`; never raises for one model's failure (see .failed)."""
     from pipeline.bundle import detect_runtime, facts_for_target
     from pipeline.registry.mlflow_registry import open_registry
+    from pipeline.repository import open_repository
 
     url = server_url or state.server_url
-    repo = open_repo(state.repository)
+    repo = open_repository(state.repository if state.repository.startswith("s3://")
+                           else Path(state.repository).resolve())
     registry = open_registry(state.registry) if state.registry else None
     facts = facts_for_target(state.target) if state.target else (detect_runtime() or facts_for_target("cpu"))
-    out = SyncResult(state.environment, repo.where, url, dry_run, [])
+    out = SyncResult(state.environment, repo.uri, url, dry_run, [])
     for name, m in state.models.items():
         ms = ModelSync(name, m.selector)
         out.models.append(ms)
         try:
-            _sync_model(ms, state, name, m, registry, repo, facts, url, dry_run, cache, load_timeout)
+            with repo.writer(name, load_timeout):  # one writer per model, around all of its changes
+                _sync_model(ms, state, name, m, registry, repo, facts, url, dry_run, cache, load_timeout)
         except TrtbuildError as e:
             ms.action, ms.error = "error", e.one_line()
     return out
 
 
 def _sync_model(ms: ModelSync, state: DesiredState, name: str, m: ModelState, registry: Any,
-                repo: LocalRepo | S3Repo, facts: Any, url: str | None, dry_run: bool, cache: Path,
+                repo: ModelRepository, facts: Any, url: str | None, dry_run: bool, cache: Path,
                 load_timeout: float) -> None:
     r = resolve(state, name, m, registry)
     ms.bundle_id, ms.registry_version = r.bundle_id, r.registry_version
-    served = repo.served(name)
+    served = repo.served_versions(name)
     if served:
         ms.from_version = max(served)
         ms.from_bundle = repo.bundle_id(name, ms.from_version)
@@ -268,12 +185,19 @@ def _sync_model(ms: ModelSync, state: DesiredState, name: str, m: ModelState, re
     elif on_disk is not None:
         ms.action = "switch"  # the rollback path: that bundle is already a version here
         if not dry_run:
-            ms.seconds = repo.switch(name, on_disk, url, load_timeout, m.switch)
+            from pipeline.repository.publish import rollback
+
+            ms.seconds = rollback(repo, name, server_url=url, to=on_disk, load_timeout=load_timeout,
+                                  switch=m.switch).seconds
     else:
         ms.action = "publish"
         if not dry_run:
             bundle_dir = fetch_bundle(r.store, r.bundle_id, cache)
-            ms.to_version, ms.seconds = repo.publish(name, bundle_dir, facts, m, url, load_timeout)
+            from pipeline.repository.publish import publish_bundle
+
+            pub = publish_bundle(bundle_dir, repo, name, facts=facts, keep=m.keep_versions, server_url=url,
+                                 load_timeout=load_timeout, instances=m.instances, switch=m.switch)
+            ms.to_version, ms.seconds = pub.version, pub.seconds
     if dry_run:
         if ms.action != "in-sync":
             ms.action = f"would-{ms.action}"
@@ -295,12 +219,12 @@ def _load(url: str, model: str, version: int, timeout: float) -> None:
     control.wait_ready(model, version, timeout=timeout)
 
 
-def _check(ms: ModelSync, repo: LocalRepo | S3Repo, url: str | None) -> None:
+def _check(ms: ModelSync, repo: ModelRepository, url: str | None) -> None:
     """After the change: the repository, and the server when given, serve exactly the bundle."""
     v = ms.to_version
-    served = repo.served(ms.model)
+    served = repo.served_versions(ms.model)
     if v is None or served != [v] or repo.bundle_id(ms.model, v) != ms.bundle_id:
-        raise DriftError(f"after sync {repo.where} serves {ms.model} versions {served}, "
+        raise DriftError(f"after sync {repo.uri} serves {ms.model} versions {served}, "
                          f"not the bundle {str(ms.bundle_id)[:12]}")
     if url and v not in _ready(url, ms.model):
         raise DriftError(f"after sync Triton at {url} does not report version {v} ready")

@@ -14,8 +14,8 @@ from typing import Any
 
 from pipeline.errors import ServiceError
 from pipeline.local import process
+from pipeline.repository.parallel import serving_env
 from pipeline.triton import _http
-from pipeline.triton.parallel import serving_env
 from pipeline.triton.server import locate_tritonserver, remove_shm, server_argv
 from pipeline.util.net import free_port
 
@@ -59,7 +59,7 @@ def start_triton(root: Path, repository: Path, *, preferred_http: int | None = N
                            mode="explicit", load=models_in(repository))
         offset = process.log_size(log)
         started = time.time()
-        # orchestrator mode when the repository holds a multi-GPU engine (pipeline/triton/parallel.py)
+        # orchestrator mode when the repository holds a multi-GPU engine (pipeline/repository/parallel.py)
         env = {**install.environment(), **serving_env(repository)}
         proc, info = process.spawn_detached(argv, env=env, log_path=log, cwd=root)
         try:

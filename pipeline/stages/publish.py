@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.recipe.load import LoadedRecipe
+from pipeline.repository.render import ServingOptions
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
 from pipeline.stages.common import fields
-from pipeline.triton.render import ServingOptions
 
 
 def runtime_facts(loaded: LoadedRecipe) -> Any:
@@ -40,21 +40,17 @@ class PublishStage(Stage):
     def enabled(self, loaded: LoadedRecipe) -> bool:
         return loaded.recipe.publish.enabled
 
-    def _repo(self, loaded: LoadedRecipe) -> Path:
-        return Path(loaded.recipe.publish.repository).resolve()
+    def _repo(self, loaded: LoadedRecipe) -> Path | str:
+        repo = loaded.recipe.publish.repository
+        return repo if repo.startswith("s3://") else Path(repo).resolve()
 
     def still_valid(self, ctx: StageContext, result: StageResult) -> str | None:
-        from pipeline.triton.repository import ModelDir
-        from pipeline.triton.s3_repository import S3ModelRepository
+        from pipeline.repository import open_repository
 
         model = ctx.loaded.recipe.triton_model_name
         v = result.summary.get("version")
-        if ctx.loaded.recipe.publish.repository.startswith("s3://"):
-            s3 = S3ModelRepository(ctx.loaded.recipe.publish.repository)
-            bundle_id, served = (s3.bundle_id(model, v) if isinstance(v, int) else None), s3.served_versions(model)
-        else:
-            md = ModelDir(self._repo(ctx.loaded) / model)
-            bundle_id, served = (md.bundle_id(v) if isinstance(v, int) else None), md.served_versions()
+        repo = open_repository(self._repo(ctx.loaded))
+        bundle_id, served = (repo.bundle_id(model, v) if isinstance(v, int) else None), repo.served_versions(model)
         if bundle_id is None or bundle_id != result.summary.get("bundle_id"):
             return "the published version is no longer in the repository"
         if v not in served:
@@ -92,24 +88,19 @@ class PublishStage(Stage):
 
     def _publish(self, ctx: StageContext, bundle: Path, plan: Any, kwargs: dict[str, Any],
                  options: ServingOptions) -> Any:
-        from pipeline.triton.publish import publish_bundle
-        from pipeline.triton.s3_repository import S3ModelRepository, publish_bundle_s3
+        from pipeline.errors import ServiceError, StageError
+        from pipeline.repository.publish import DRAIN_NEEDS_ONE_SERVER, publish_bundle
 
-        p = ctx.recipe.publish
-        if p.repository.startswith("s3://"):
-            if plan.strategy == "drain":
-                from pipeline.errors import StageError
-
+        try:
+            # the store lets a later rollback bring back a version pruned from the repository
+            return publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs,
+                                  store=ctx.recipe.release.store if ctx.recipe.release.enabled else None,
+                                  options=options, switch=plan.strategy)
+        except ServiceError as e:
+            if str(e) == DRAIN_NEEDS_ONE_SERVER:
                 raise StageError("publish", "switch 'drain' needs a directory repository with one server; an "
-                                 "s3:// repository is served by replicas: set publish.switch to rolling")
-            if plan.strategy == "rolling":
-                kwargs["server_url"] = None  # replicas restart into the new version; nothing is loaded here
-            return publish_bundle_s3(bundle, S3ModelRepository(p.repository), ctx.recipe.triton_model_name,
-                                     **kwargs)
-        # the store lets a later rollback bring back a version pruned from the repository
-        return publish_bundle(bundle, self._repo(ctx.loaded), ctx.recipe.triton_model_name, **kwargs,
-                              store=ctx.recipe.release.store if ctx.recipe.release.enabled else None,
-                              options=options, switch=plan.strategy)
+                                 "s3:// repository is served by replicas: set publish.switch to rolling") from None
+            raise
 
     @staticmethod
     def _record_deployment(ctx: StageContext, where: str) -> None:

@@ -169,7 +169,7 @@ class ThroughputStage(Stage):
     def _triton_candidate(self, ctx: StageContext, bundle: Path) -> Iterator[Any]:
         from pipeline.bench.client import TritonEndpoint
         from pipeline.bundle import facts_for_target
-        from pipeline.triton.publish import publish_bundle
+        from pipeline.repository.publish import publish_bundle
         from pipeline.triton.server import TritonServer, locate_tritonserver
 
         repo = ctx.workdir / ".candidate-repo"

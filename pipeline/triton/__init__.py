@@ -1,9 +1,11 @@
-"""Triton Inference Server: run it, control its models, stream from it, switch versions.
+"""Triton Inference Server: run it, control its models, stream from it.
 
 Modules (import the one you need; nothing is re-exported here, to keep imports light):
-  server   locate_tritonserver(), TritonInstall, TritonServer: the process on loopback
+  install  locate_tritonserver(), TritonInstall: the binary and what its python backend needs
+  server   TritonServer: the process on loopback (start, stop, shm cleanup)
   control  ModelControl: load/unload/readiness over HTTP, every call bounded
   client   LLMClient, Generation: generate / generate_stream (SSE) / gRPC streams
-  pbtxt    render_pbtxt(), parse_pbtxt(), placeholder check, version_policy helpers
-  switch   switch_version(): zero-downtime version switch with restore on failure
+  stubs    kill_stubs(): end python-backend stubs of a hung load
+
+The model repository (rendering, publish, switch, rollback) is pipeline/repository/.
 """

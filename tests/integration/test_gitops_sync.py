@@ -2,7 +2,8 @@
 
 The desired-state file lives in a real git repository: apply, apply again (no-op), change the
 pinned version, then `git revert` the change (the previous version serves again), each switch
-with a client sending requests the whole time and zero failed requests.
+with a client sending requests the whole time and zero failed requests; once into a directory
+repository and once into s3://bucket/prefix (SeaweedFS) that the tritonserver reads itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,14 @@ from pipeline.errors import DriftError
 from pipeline.gitops.desired import load_desired
 from pipeline.gitops.sync import SyncResult, raise_for_drift, sync
 from pipeline.registry.mlflow_registry import open_registry
+from pipeline.repository.local import DirectoryRepository
 from pipeline.store import open_store
 from pipeline.triton.control import ModelControl
-from pipeline.triton.repository import ModelDir
-from pipeline.triton.server import TritonServer, locate_tritonserver
+from pipeline.triton.server import TritonServer
 from tests.conftest import ROOT
+from tests.integration.repo_targets import *  # noqa: F403 - fixtures
+from tests.integration.repo_targets import KINDS, RepoTarget
+from tests.integration.services_fixtures import *  # noqa: F403 - fixtures
 from tests.integration.test_publish_triton import MODEL, Load, collapse, make_bundle
 
 # longer than the 600 s default (pyproject.toml): the release fixture allows its run 600 s, then a sync
@@ -57,14 +60,11 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, Path]]:
-    repo = tmp_path_factory.mktemp("repo")
-    srv = TritonServer(locate_tritonserver(None), log_path=repo.parent / "triton-sync.log")
-    with srv.start(repo):
-        yield srv, repo
+def server(dir_target: RepoTarget) -> tuple[TritonServer, Path]:
+    return dir_target.server, Path(dir_target.uri)
 
 
-def desired_text(registry: str, repo: Path, url: str, selector: str) -> str:
+def desired_text(registry: str, repo: Path | str, url: str, selector: str) -> str:
     return (f"# production\nenvironment: production\nregistry: {registry}\nrepository: {repo}\n"
             f"server_url: {url}\nmodels:\n  {MODEL}:\n    registered_model: {REGISTERED}\n    {selector}\n")
 
@@ -75,10 +75,10 @@ def trtbuild(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False, timeout=600)
 
 
+@pytest.mark.parametrize("target", KINDS, indirect=True)
 def test_apply_noop_change_revert_with_zero_failed_requests(
-        server: tuple[TritonServer, Path], released: dict[str, object], tmp_path: Path) -> None:
-    srv, repo = server
-    url = srv.http_url
+        target: RepoTarget, released: dict[str, object], tmp_path: Path) -> None:
+    repo, url = target.uri, target.url
     ids: dict[int, str] = released["ids"]  # type: ignore[assignment]
     cache = tmp_path / "cache"
     gitops = tmp_path / "gitops"
@@ -112,7 +112,7 @@ def test_apply_noop_change_revert_with_zero_failed_requests(
     state_file.write_text(state_file.read_text().replace("version: 1", "version: 2"))
     git(gitops, "commit", "-q", "-am", "production: tiny v2")
     dry = sync(load_desired(state_file), dry_run=True, cache=cache)
-    assert dry.models[0].action == "would-publish" and ModelDir(repo / MODEL).served_versions() == [1]
+    assert dry.models[0].action == "would-publish" and target.repo.served_versions(MODEL) == [1]
     with Load(url) as load:
         up = apply()
     assert up.models[0].action == "publish" and up.models[0].to_version == 2
@@ -128,8 +128,8 @@ def test_apply_noop_change_revert_with_zero_failed_requests(
     assert back.models[0].action == "switch" and back.models[0].to_version == 1
     assert load.errors == [] and collapse(load.versions) == [2, 1]
     switch_requests.append(len(load.versions))
-    assert ModelDir(repo / MODEL).served_versions() == [1] and ModelControl(url).ready_versions(MODEL) == [1]
-    assert sorted(ModelDir(repo / MODEL).versions()) == [1, 2]  # nothing was materialized twice
+    assert target.repo.served_versions(MODEL) == [1] and ModelControl(url).ready_versions(MODEL) == [1]
+    assert sorted(target.repo.versions(MODEL)) == [1, 2]  # nothing was materialized twice
 
     # an alias follows the registry: candidate -> v2 (on disk: a switch again)
     state_file.write_text(state_file.read_text().replace("version: 1", "alias: candidate"))
@@ -137,7 +137,7 @@ def test_apply_noop_change_revert_with_zero_failed_requests(
         follow = apply()
     assert follow.models[0].action == "switch" and follow.models[0].registry_version == 2
     assert load.errors == [] and collapse(load.versions) == [1, 2]
-    print(f"\nsync: no-op CLI run {noop_s:.1f}s; requests during switches {switch_requests}; "
+    print(f"\nsync ({target.kind}): no-op CLI run {noop_s:.1f}s; requests during switches {switch_requests}; "
           f"switch seconds {back.models[0].seconds}")
 
 
@@ -147,12 +147,12 @@ def test_drift_it_cannot_fix_exits_nonzero(server: tuple[TritonServer, Path], re
     state_file = tmp_path / "production.yaml"
     # version 7 is not registered: nothing can be resolved, the repository is left as it is
     state_file.write_text(desired_text(str(released["registry"]), repo, srv.http_url, "version: 7"))
-    before = ModelDir(repo / MODEL).served_versions()
+    before = DirectoryRepository(repo).served_versions(MODEL)
     res = sync(load_desired(state_file), cache=tmp_path / "cache")
     assert res.failed and "not found" in str(res.models[0].error)
     with pytest.raises(DriftError, match=f"not in the desired state: {MODEL}"):
         raise_for_drift(res)
-    assert ModelDir(repo / MODEL).served_versions() == before
+    assert DirectoryRepository(repo).served_versions(MODEL) == before
 
     cli = trtbuild(tmp_path, "sync", str(state_file))
     assert cli.returncode == 1 and "Traceback" not in cli.stderr

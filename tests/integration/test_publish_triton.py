@@ -1,6 +1,10 @@
 """Publish, serve and roll back reference bundles through a real tritonserver, under load; roll back
 to pruned versions from a file:// and an s3:// (SeaweedFS) store; GPU bundles against a server
-without their Triton backend."""
+without their Triton backend.
+
+The cases that exercise the repository itself (publish, switch, restore after a failed switch,
+prune, rollback of a pruned version) run once per kind of repository: a directory and
+s3://bucket/prefix (tests/integration/repo_targets.py); server-only cases run once."""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,16 @@ from pipeline.bundle import facts_for_target, write_manifest
 from pipeline.errors import CompatibilityError, IntegrityError, TrtbuildError
 from pipeline.quant.calibration import load_calibration
 from pipeline.quant.quantize import quantize_checkpoint
+from pipeline.repository import ModelRepository, history, open_repository
+from pipeline.repository.base import parse_config
+from pipeline.repository.local import DirectoryRepository
+from pipeline.repository.publish import BackendUnavailableError, publish_bundle, rollback
 from pipeline.store import open_store
-from pipeline.triton import history
 from pipeline.triton.client import LLMClient
-from pipeline.triton.publish import BackendUnavailableError, publish_bundle, rollback
-from pipeline.triton.repository import ModelDir, parse_config
-from pipeline.triton.server import TritonServer, locate_tritonserver
+from pipeline.triton.server import TritonServer
 from pipeline.util.hashing import iter_content_files, sha256_file
+from tests.integration.repo_targets import *  # noqa: F403 - fixtures
+from tests.integration.repo_targets import KINDS, RepoTarget
 from tests.integration.services_fixtures import *  # noqa: F403 - fixtures
 from tests.integration.services_fixtures import S3Service
 from tests.tiny_model import save_tiny_checkpoint
@@ -58,11 +64,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, Path]]:
-    repo = tmp_path_factory.mktemp("repo")
-    srv = TritonServer(locate_tritonserver(None), log_path=repo.parent / "triton.log")
-    with srv.start(repo):
-        yield srv, repo
+def server(dir_target: RepoTarget) -> tuple[TritonServer, Path]:
+    """The directory target's server, for the cases that run once (one server per kind per module)."""
+    return dir_target.server, Path(dir_target.uri)
 
 
 class Load:
@@ -102,8 +106,9 @@ def collapse(xs: list[Any]) -> list[Any]:
     return [x for i, x in enumerate(xs) if i == 0 or xs[i - 1] != x]
 
 
-def test_publish_switch_rollback_zero_failures(server: tuple[TritonServer, Path], bundles: dict[str, Path]) -> None:
-    srv, repo = server
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_publish_switch_rollback_zero_failures(target: RepoTarget, bundles: dict[str, Path]) -> None:
+    srv, repo = target.server, target.uri
     url = srv.http_url
     first = publish_bundle(bundles["v1"], repo, MODEL, facts=CPU, server_url=url)
     assert first.version == 1
@@ -121,8 +126,8 @@ def test_publish_switch_rollback_zero_failures(server: tuple[TritonServer, Path]
     with Load(url) as load:
         back = rollback(repo, MODEL, server_url=url)
     assert back.version == 1 and load.errors == [] and collapse(load.versions) == [2, 1]
-    assert ModelDir(repo / MODEL).served_versions() == [1]
-    cfg = parse_config((repo / MODEL / "config.pbtxt").read_text())
+    assert target.repo.served_versions(MODEL) == [1]
+    cfg = parse_config((target.repo.config(MODEL) or b"").decode())
     assert "${" not in str(cfg) and cfg.model_transaction_policy.decoupled
 
 
@@ -130,14 +135,14 @@ def snapshot(repo: Path) -> dict[str, bytes]:
     return {str(p.relative_to(repo)): p.read_bytes() for p in iter_content_files(repo)}
 
 
-def test_broken_versions_are_refused_and_nothing_changes(server: tuple[TritonServer, Path],
-                                                         bundles: dict[str, Path], tmp_path: Path) -> None:
-    srv, repo = server
-    url = srv.http_url
-    if not (repo / MODEL / "config.pbtxt").exists():
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_broken_versions_are_refused_and_nothing_changes(target: RepoTarget, bundles: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    repo, url = target.uri, target.url
+    if target.repo.config(MODEL) is None:
         publish_bundle(bundles["v1"], repo, MODEL, facts=CPU, server_url=url)
-    before = snapshot(repo)
-    serving = ModelDir(repo / MODEL).served_versions()
+    before = target.snapshot()
+    serving = target.repo.served_versions(MODEL)
 
     # a corrupted file: refused before anything is written
     corrupt = tmp_path / "corrupt"
@@ -160,7 +165,7 @@ def test_broken_versions_are_refused_and_nothing_changes(server: tuple[TritonSer
     with Load(url) as load, pytest.raises(TrtbuildError):
         publish_bundle(broken, repo, MODEL, facts=CPU, server_url=url, load_timeout=120)
     assert load.errors == [] and set(load.versions) == set(serving)
-    assert snapshot(repo) == before
+    assert target.snapshot() == before
 
     # a bundle for another target is refused with the reason
     gpu = tmp_path / "gpu"
@@ -171,63 +176,65 @@ def test_broken_versions_are_refused_and_nothing_changes(server: tuple[TritonSer
                                   "pipeline_parallel": 1})
     with pytest.raises(CompatibilityError, match="runtime has no NVIDIA GPU"):
         publish_bundle(gpu, repo, MODEL, facts=CPU, server_url=url)
-    assert snapshot(repo) == before
+    assert target.snapshot() == before
 
 
 def served_version(url: str, model: str) -> int | None:
     return LLMClient(url, timeout=60).stream(model, "The object", max_tokens=2, ignore_eos=True).model_version
 
 
-def publish_four_keep_two(url: str, repo: Path, model: str, bundles: dict[str, Path], store: str) -> ModelDir:
+def publish_four_keep_two(url: str, repo: Path | str, model: str, bundles: dict[str, Path],
+                          store: str) -> ModelRepository:
     for name in ("v1", "v2", "v3", "v4"):
         publish_bundle(bundles[name], repo, model, facts=CPU, keep=2, server_url=url, store=store)
-    md = ModelDir(repo / model)
-    assert md.versions() == [3, 4] and md.served_versions() == [4]  # 1 and 2 were pruned
-    assert sorted(history.read(md.root)) == [1, 2, 3, 4]
+    md = open_repository(repo)
+    assert md.versions(model) == [3, 4] and md.served_versions(model) == [4]  # 1 and 2 were pruned
+    assert sorted(history.read(md, model)) == [1, 2, 3, 4]
     return md
 
 
-def test_rollback_to_a_pruned_version_comes_back_from_a_file_store(server: tuple[TritonServer, Path],
-                                                                   bundles: dict[str, Path], tmp_path: Path) -> None:
-    srv, repo = server
-    url, model = srv.http_url, "tiny-file"
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_rollback_to_a_pruned_version_comes_back_from_a_file_store(target: RepoTarget, bundles: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    repo, url, model = target.uri, target.url, "tiny-file"
     store = open_store(f"file://{tmp_path / 'store'}")
     for b in bundles.values():
         store.put(b)
     md = publish_four_keep_two(url, repo, model, bundles, store.uri)
 
     # a damaged stored object: refused with the file named; the repository and what serves unchanged
-    damaged = history.read(md.root)[2].bundle_id
+    damaged = history.read(md, model)[2].bundle_id
     obj = tmp_path / "store" / "bundles" / damaged / "files" / "checkpoint" / "config.json"
     obj.chmod(0o644)
     obj.write_text('{"garbage": true}')
-    before = snapshot(repo)
+    before = target.snapshot()
     with pytest.raises(IntegrityError, match=r"checkpoint/config\.json: .*(does not match its sha256|bytes)"):
         rollback(repo, model, server_url=url, to=2)
-    assert snapshot(repo) == before and md.served_versions() == [4]
+    assert target.snapshot() == before and md.served_versions(model) == [4]
     assert served_version(url, model) == 4
-    assert not [p for p in repo.iterdir() if p.name.startswith(".fetch-")]
 
     with Load(url, model) as load:
         back = rollback(repo, model, server_url=url, to=1)
     assert back.fetched and back.version == 1 and back.previous == [4]
     assert load.errors == [] and collapse(load.versions) == [4, 1]
-    assert md.served_versions() == [1] and md.versions() == [1, 3, 4]
-    assert md.bundle_id(1) == history.read(md.root)[1].bundle_id == sha256_file(bundles["v1"] / "manifest.json")
+    assert md.served_versions(model) == [1] and md.versions(model) == [1, 3, 4]
+    v1_id = sha256_file(bundles["v1"] / "manifest.json")
+    assert md.bundle_id(model, 1) == history.read(md, model)[1].bundle_id == v1_id
     assert served_version(url, model) == 1
 
 
 def test_rollback_to_a_pruned_version_comes_back_from_s3(server: tuple[TritonServer, Path], bundles: dict[str, Path],
                                                          s3_env: S3Service, s3_uri: str) -> None:
+    """The bundle store on S3 (the repository is a directory: the store, not the repository, is tested)."""
     srv, repo = server
     url, model = srv.http_url, "tiny-s3"
     store = open_store(s3_uri)
     for b in bundles.values():
         store.put(b)
     md = publish_four_keep_two(url, repo, model, bundles, s3_uri)
-    assert history.read(md.root)[1].store == s3_uri
+    assert history.read(md, model)[1].store == s3_uri
 
-    damaged = history.read(md.root)[2].bundle_id
+    damaged = history.read(md, model)[2].bundle_id
     key = store.object_uri(damaged, "checkpoint/config.json").removeprefix("s3://").split("/", 1)
     s3_env.client().put_object(Bucket=key[0], Key=key[1], Body=b'{"garbage": true}')
     before = snapshot(repo)
@@ -236,7 +243,7 @@ def test_rollback_to_a_pruned_version_comes_back_from_s3(server: tuple[TritonSer
     assert snapshot(repo) == before and served_version(url, model) == 4
 
     back = rollback(repo, model, server_url=url, to=1)
-    assert back.fetched and md.served_versions() == [1] and served_version(url, model) == 1
+    assert back.fetched and md.served_versions(model) == [1] and served_version(url, model) == 1
 
 
 def test_tensorrt_bundle_is_refused_by_a_server_without_tensorrtllm(server: tuple[TritonServer, Path],
@@ -295,7 +302,7 @@ def test_drain_switch_unloads_first_and_its_downtime_is_measured(server: tuple[T
     publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
     with Load(url, model) as load, ReadyWatch(url, model) as watch:
         res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url, switch="drain")
-    assert res.version == 2 and ModelDir(repo / model).served_versions() == [2]
+    assert res.version == 2 and DirectoryRepository(repo).served_versions(model) == [2]
     downtime = res.seconds["downtime"]
     assert downtime > 0 and watch.down_at, "a drain has a window in which the model is not ready"
     assert watch.window <= downtime + 0.5  # the client's window is inside what publish reports
@@ -317,3 +324,35 @@ def test_side_by_side_switch_has_no_window(server: tuple[TritonServer, Path], bu
         res = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=url)
     assert res.version == 2 and "downtime" not in res.seconds
     assert watch.down_at == [] and load.errors == [] and collapse(load.versions) == [1, 2]
+
+
+def test_s3_repository_refuses_drain_and_non_reference_bundles(bundles: dict[str, Path], s3_env: S3Service,
+                                                               tmp_path: Path) -> None:
+    """Refused before anything is written: drain needs one server to unload through (replicas poll an
+    S3 repository), and only the reference layout renders without absolute paths."""
+    from pipeline.errors import ServiceError
+    from pipeline.repository import RepositoryError
+    from tests.integration.repo_targets import own_bucket
+
+    uri = f"s3://{own_bucket(s3_env)}/repo"
+    with pytest.raises(ServiceError, match="switch 'drain' unloads a model through one server's API"):
+        publish_bundle(bundles["v1"], uri, MODEL, facts=CPU, switch="drain")
+    bundle = tensorrt_bundle(tmp_path, recipe("llama70b"))
+    with pytest.raises(RepositoryError, match="'tensorrt' bundle into an s3:// Triton repository is not wired"):
+        publish_bundle(bundle, uri, "llama70b", facts=facts_for_target("h100", gpus=2))
+    assert s3_env.client().list_objects_v2(Bucket=uri.split("/")[2]).get("KeyCount", 0) == 0
+
+    # the CLI takes the URI as it is (a Path would turn s3:// into s3:/)
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    argv = [sys.executable, "-m", "pipeline.cli.__main__", "publish", str(bundles["v1"]), "--model", MODEL,
+            "--repository", uri, "--target", "cpu", "--json"]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       check=False, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["repository"] == uri
+    assert open_repository(uri).served_versions(MODEL) == [1]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.registry.mlflow_registry import open_registry
-from pipeline.triton.repository import ModelDir
+from pipeline.repository.local import DirectoryRepository
 from tests.conftest import ROOT
 from tests.tiny_model import save_tiny_checkpoint
 
@@ -61,8 +61,8 @@ def test_release_and_publish(tmp_path: Path) -> None:
     assert versions[0]["digest"] == bundle_id and versions[0]["source"].startswith("file://")
     assert versions[0]["git_commit"] == head  # the recipe's commit, as the bundle's provenance records it
     # Triton repository: version 1 with the bundle, served
-    md = ModelDir(tmp_path / "repo" / "tiny")
-    assert md.versions() == [1] and md.served_versions() == [1] and md.bundle_id(1) == bundle_id
+    md = DirectoryRepository(tmp_path / "repo")
+    assert md.versions("tiny") == [1] and md.served_versions("tiny") == [1] and md.bundle_id("tiny", 1) == bundle_id
     # the secret from the environment is nowhere: stdout, stderr, run records, MLflow's database
     assert SECRET not in r.stdout and SECRET not in r.stderr
     for p in (tmp_path / "artifacts" / "runs").glob("*.json"):

@@ -1,8 +1,9 @@
 """Triton model repositories on S3 (SeaweedFS on loopback), read by the real tritonserver.
 
 First the bare fact: the nvidia-pytriton tritonserver loads a python-backend model from
-`s3://HOST:PORT/bucket/prefix`. Then `trtbuild sync` into an s3:// repository: publish, switch
-to a new version and back (git revert), a client sending requests the whole time.
+`s3://HOST:PORT/bucket/prefix`; then the publish stage of `trtbuild run` into one. Publish,
+switch, rollback and `trtbuild sync` into an s3:// repository run in the tests that cover a
+directory too, parametrized over both (tests/integration/repo_targets.py).
 """
 
 from __future__ import annotations
@@ -12,36 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.gitops.desired import load_desired
-from pipeline.gitops.sync import raise_for_drift, sync
+from pipeline.repository.s3 import S3Repository
 from pipeline.triton.client import LLMClient
 from pipeline.triton.control import ModelControl
-from pipeline.triton.s3_repository import S3ModelRepository
 from pipeline.triton.server import TritonServer
+from tests.integration.repo_targets import own_bucket, upload_tree
 from tests.integration.services_fixtures import BUCKET, S3Service, s3_env, s3_uri, seaweed_s3, use_s3_env
-from tests.integration.test_gitops_sync import REGISTERED, released
-from tests.integration.test_publish_triton import MODEL, Load, collapse
 from tests.integration.triton_fixtures import start_triton, triton_install, write_echo_model
 
 # longer than the 600 s default (pyproject.toml): a trtbuild run of up to 600 s
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-__all__ = ["released", "s3_env", "s3_uri", "seaweed_s3", "start_triton", "triton_install"]
-
-
-def own_bucket(svc: S3Service) -> str:
-    """A fresh bucket for one repository: Triton needs small buckets (check_bucket_size)."""
-    import uuid
-
-    name = f"triton-{uuid.uuid4().hex[:12]}"
-    svc.client().create_bucket(Bucket=name)
-    return name
-
-
-def upload_tree(svc: S3Service, local: Path, prefix: str, bucket: str = BUCKET) -> None:
-    client = svc.client()
-    for p in sorted(local.rglob("*")):
-        if p.is_file():
-            client.put_object(Bucket=bucket, Key=f"{prefix}/{p.relative_to(local).as_posix()}", Body=p.read_bytes())
+__all__ = ["s3_env", "s3_uri", "seaweed_s3", "start_triton", "triton_install"]
 
 
 @pytest.fixture
@@ -73,7 +55,7 @@ def test_tritonserver_loads_a_python_model_from_seaweedfs(fresh_s3: S3Service, t
     # bucket of over 1,000 objects Triton stops finding new versions (check_bucket_size)
     bucket = own_bucket(s3_env)
     upload_tree(s3_env, tmp_path / "local", "repo", bucket=bucket)
-    repo = S3ModelRepository(f"s3://{bucket}/repo")
+    repo = S3Repository(f"s3://{bucket}/repo")
     assert repo.triton_uri().startswith("s3://127.0.0.1:") and repo.versions("echo") == [1, 2]
     server: TritonServer = start_triton(repo.triton_uri(), load=["echo"])  # type: ignore[operator]
     control = ModelControl(server.http_url)
@@ -83,46 +65,6 @@ def test_tritonserver_loads_a_python_model_from_seaweedfs(fresh_s3: S3Service, t
     # Version switches on S3 are tested under load by test_sync_into_an_s3_repository. A switch of
     # this echo model (both versions uploaded before the first load) failed intermittently in
     # full-suite runs (version 2 never ready), also on a SeaweedFS of its own: open finding, README.
-
-
-def test_sync_into_an_s3_repository(s3_env: S3Service, s3_uri: str, released: dict[str, object], tmp_path: Path,
-                                    start_triton: object) -> None:
-    ids: dict[int, str] = released["ids"]  # type: ignore[assignment]
-    repo_uri = f"s3://{own_bucket(s3_env)}/repo"
-    state_file = tmp_path / "production.yaml"
-
-    def write(selector: str, url: str = "") -> None:
-        state_file.write_text(f"environment: production\nregistry: {released['registry']}\nrepository: {repo_uri}\n"
-                              f"server_url: '{url}'\nmodels:\n  {MODEL}:\n    registered_model: {REGISTERED}\n"
-                              f"    {selector}\n")
-
-    def apply() -> object:
-        res = sync(load_desired(state_file), cache=tmp_path / "cache", load_timeout=120)
-        raise_for_drift(res)
-        return res
-
-    # files only (no server yet): the version's objects, then config.pbtxt
-    write("version: 1")
-    first = apply()
-    assert first.models[0].action == "publish" and first.models[0].to_version == 1  # type: ignore[attr-defined]
-    repo = S3ModelRepository(repo_uri)
-    assert repo.served_versions(MODEL) == [1] and repo.bundle_id(MODEL, 1) == ids[1]
-    assert apply().models[0].action == "in-sync"  # type: ignore[attr-defined]
-
-    server: TritonServer = start_triton(repo.triton_uri(), load=[MODEL])  # type: ignore[operator]
-    url = server.http_url
-    write("version: 2", url)
-    with Load(url) as load:
-        up = apply()
-    assert up.models[0].action == "publish" and up.models[0].to_version == 2  # type: ignore[attr-defined]
-    assert load.errors == [] and collapse(load.versions) == [1, 2]
-    write("version: 1", url)  # what a git revert of the file gives
-    with Load(url) as load:
-        back = apply()
-    assert back.models[0].action == "switch" and back.models[0].to_version == 1  # type: ignore[attr-defined]
-    assert load.errors == [] and collapse(load.versions) == [2, 1]
-    assert repo.versions(MODEL) == [1, 2] and ModelControl(url).ready_versions(MODEL) == [1]
-    print(f"\ns3 sync: switch back seconds {back.models[0].seconds}")  # type: ignore[attr-defined]
 
 
 def test_pipeline_publish_stage_into_s3(s3_env: S3Service, s3_uri: str, tmp_path: Path) -> None:
@@ -159,7 +101,7 @@ def test_pipeline_publish_stage_into_s3(s3_env: S3Service, s3_uri: str, tmp_path
         assert r.returncode == 0, r.stderr[-3000:]
         runs.append({s["name"]: s["status"] for s in json.loads(r.stdout)["stages"]})
     assert runs[0]["publish"] == "done" and runs[1]["publish"] == "skipped"
-    repo = S3ModelRepository(repo_uri)
+    repo = S3Repository(repo_uri)
     assert repo.versions("tiny") == [1] and repo.served_versions("tiny") == [1]
     assert repo.bundle_id("tiny", 1) is not None
 

@@ -81,7 +81,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 def triton_baseline(built: Built) -> Iterator[str]:
     """The same bundle on a second tritonserver, paced like the candidate, no fault."""
     from pipeline.bundle import facts_for_target
-    from pipeline.triton.publish import publish_bundle
+    from pipeline.repository.publish import publish_bundle
     from pipeline.triton.server import TritonServer, locate_tritonserver
 
     repo = built.dir / "baseline-repo"

@@ -23,13 +23,14 @@ import pytest
 from pipeline import upstream
 from pipeline.bundle import facts_for_target
 from pipeline.errors import TrtbuildError
-from pipeline.triton import publish as publish_mod
+from pipeline.repository import publish as publish_mod
+from pipeline.repository.base import parse_config, render_config
+from pipeline.repository.local import DirectoryRepository
+from pipeline.repository.pbtxt import config_to_dict
+from pipeline.repository.publish import publish_bundle, rollback
+from pipeline.repository.render import composing_name
 from pipeline.triton.client import LLMClient
 from pipeline.triton.control import ModelControl
-from pipeline.triton.pbtxt import config_to_dict
-from pipeline.triton.publish import publish_bundle, rollback
-from pipeline.triton.render import composing_name
-from pipeline.triton.repository import ModelDir, parse_config, render_config
 from pipeline.triton.server import TritonServer
 from tests.integration.triton_fixtures import *  # noqa: F403 - fixtures
 from tests.triton_bundles import recipe, tensorrt_bundle
@@ -203,7 +204,7 @@ def test_ensemble_versions_switch_without_failures_and_old_parts_unload(served: 
     assert load.errors == [] and len(load.answers) > 10
     assert [a for i, a in enumerate(load.answers) if i == 0 or load.answers[i - 1] != a] == [post[1], post[2]]
     assert ready(url) == {"llm", *parts(2)}  # version 1's composing models were unloaded
-    assert ModelDir(repo / "llm").served_versions() == [2]
+    assert DirectoryRepository(repo).served_versions("llm") == [2]
 
     back = rollback(repo, "llm", server_url=url, to=1)
     assert back.version == 1 and ready(url) == {"llm", *parts(1)}

@@ -1,19 +1,27 @@
-"""Zero-downtime version switches on a real tritonserver, under continuous client load."""
+"""Zero-downtime version switches on a real tritonserver, under continuous client load.
+
+The switch and its restore paths run once per kind of repository (a directory, s3://bucket/prefix
+on SeaweedFS read by the tritonserver itself); hung-load handling is about the server and runs once.
+"""
 
 from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import ServiceError
+from pipeline.repository import ModelRepository, open_repository
+from pipeline.repository.switch import SwitchError, switch_version
 from pipeline.triton.client import LLMClient
 from pipeline.triton.control import ModelControl
 from pipeline.triton.server import TritonServer
-from pipeline.triton.switch import SwitchError, switch_version
+from tests.integration.repo_targets import KINDS, own_bucket, upload_tree
+from tests.integration.services_fixtures import S3Service, s3_env, seaweed_s3
 from tests.integration.triton_fixtures import (
     BackgroundLoad,
     Record,
@@ -23,7 +31,7 @@ from tests.integration.triton_fixtures import (
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["start_triton", "triton_install"]
+__all__ = ["s3_env", "seaweed_s3", "start_triton", "triton_install"]
 
 StartTriton = Callable[..., TritonServer]
 MODES = {1: "ok", 2: "ok", 3: "broken", 4: "hang"}
@@ -37,14 +45,38 @@ def _setup(repo: Path, start_triton: StartTriton) -> tuple[TritonServer, ModelCo
     return server, control, LLMClient(server.http_url, server.grpc_url, timeout=20)
 
 
+@pytest.fixture(scope="module")
+def module_bucket(seaweed_s3: S3Service) -> str:
+    return own_bucket(seaweed_s3)  # a bucket of this module's own (Triton needs small buckets)
+
+
+@pytest.fixture(params=KINDS)
+def echo(request: pytest.FixtureRequest, tmp_path: Path,
+         start_triton: StartTriton) -> tuple[ModelRepository, ModelControl, LLMClient]:
+    """The echo model (versions MODES, serving 1) in a repository of the parametrized kind, loaded."""
+    if request.param == "directory":
+        _, control, client = _setup(tmp_path, start_triton)
+        return open_repository(tmp_path), control, client
+    svc: S3Service = request.getfixturevalue("s3_env")
+    bucket = request.getfixturevalue("module_bucket")
+    write_echo_model(tmp_path / "local", "echo", versions=MODES, policy=[1], delay_s=0.004)
+    prefix = f"r-{uuid.uuid4().hex[:8]}"
+    upload_tree(svc, tmp_path / "local", prefix, bucket=bucket)
+    repo = open_repository(f"s3://{bucket}/{prefix}")
+    server = start_triton(repo.triton_uri(), load=["echo"])
+    control = ModelControl(server.http_url)
+    assert control.ready_versions("echo") == [1]
+    return repo, control, LLMClient(server.http_url, server.grpc_url, timeout=20)
+
+
 def _runs(records: list[Record], transport: str) -> list[int | None]:
     """The answering versions of one client thread in send order, repeats collapsed."""
     ordered = sorted((r for r in records if r.transport == transport), key=lambda r: r.sent)
     return [v for v, _ in itertools.groupby(r.version for r in ordered)]
 
 
-def test_switch_v1_v2_v1_under_load(tmp_path: Path, start_triton: StartTriton) -> None:
-    _, control, client = _setup(tmp_path, start_triton)
+def test_switch_v1_v2_v1_under_load(echo: tuple[ModelRepository, ModelControl, LLMClient]) -> None:
+    repo, control, client = echo
     windows = []
     with BackgroundLoad(client, "echo") as load:
         time.sleep(0.4)
@@ -57,14 +89,14 @@ def test_switch_v1_v2_v1_under_load(tmp_path: Path, start_triton: StartTriton) -
                 smoked.append(v)
 
             t_start = time.monotonic()
-            result = switch_version(control, tmp_path, "echo", target, timeout=60, smoke=smoke)
+            result = switch_version(control, repo, "echo", target, timeout=60, smoke=smoke)
             t_end = time.monotonic()
             windows.append((target, t_start, t_end))
             assert smoked == [target]
             assert result.version == target and result.previous_versions == [3 - target]
             assert 0 < result.load_s <= result.total_s and result.overhead_s >= 0
             assert control.ready_versions("echo") == [target]
-            assert f"versions: {target}" in (tmp_path / "echo" / "config.pbtxt").read_text()
+            assert f"versions: {target}" in (repo.config("echo") or b"").decode()
             time.sleep(0.4)
     records = load.snapshot()
     assert load.failures() == []
@@ -85,18 +117,21 @@ def test_switch_v1_v2_v1_under_load(tmp_path: Path, start_triton: StartTriton) -
 
 
 def test_broken_version_is_refused_and_old_keeps_serving(
-        tmp_path: Path, start_triton: StartTriton) -> None:
-    _, control, client = _setup(tmp_path, start_triton)
-    cfg = tmp_path / "echo" / "config.pbtxt"
-    before, mode = cfg.read_bytes(), cfg.stat().st_mode
+        echo: tuple[ModelRepository, ModelControl, LLMClient]) -> None:
+    repo, control, client = echo
+    before = repo.config("echo")
+    cfg = repo.local_version_dir("echo", 1)
+    mode = cfg.parent.joinpath("config.pbtxt").stat().st_mode if cfg else None
     with BackgroundLoad(client, "echo") as load:
         time.sleep(0.3)
         with pytest.raises(SwitchError, match="Triton refused the new version") as err:
-            switch_version(control, tmp_path, "echo", 3, timeout=30)
+            switch_version(control, repo, "echo", 3, timeout=30)
         time.sleep(0.3)
     assert err.value.reason == "load" and err.value.restored and err.value.serving == [1]
     assert "broken test model: initialize raises" in str(err.value)
-    assert cfg.read_bytes() == before and cfg.stat().st_mode == mode
+    assert repo.config("echo") == before
+    if cfg:  # a directory: the operator's permissions survive the restore
+        assert cfg.parent.joinpath("config.pbtxt").stat().st_mode == mode
     assert control.ready_versions("echo") == [1]
     assert load.failures() == []
     assert {r.version for r in load.snapshot()} == {1}
@@ -143,10 +178,9 @@ def test_hanging_load_without_stub_kill_is_reported(
     assert time.monotonic() - t0 < 15
 
 
-def test_failed_smoke_restores_previous_version(tmp_path: Path, start_triton: StartTriton) -> None:
-    _, control, client = _setup(tmp_path, start_triton)
-    cfg = tmp_path / "echo" / "config.pbtxt"
-    before = cfg.read_bytes()
+def test_failed_smoke_restores_previous_version(echo: tuple[ModelRepository, ModelControl, LLMClient]) -> None:
+    repo, control, client = echo
+    before = repo.config("echo")
 
     def smoke(v: int) -> None:
         raise RuntimeError(f"version {v} answers nonsense")
@@ -154,20 +188,19 @@ def test_failed_smoke_restores_previous_version(tmp_path: Path, start_triton: St
     with BackgroundLoad(client, "echo") as load:
         time.sleep(0.3)
         with pytest.raises(SwitchError, match=r"smoke check failed.*answers nonsense") as err:
-            switch_version(control, tmp_path, "echo", 2, timeout=30, smoke=smoke)
+            switch_version(control, repo, "echo", 2, timeout=30, smoke=smoke)
         time.sleep(0.3)
     assert err.value.reason == "smoke" and err.value.serving == [1]
-    assert cfg.read_bytes() == before
+    assert repo.config("echo") == before
     assert control.ready_versions("echo") == [1]
     assert load.failures() == []
 
 
-def test_missing_version_touches_nothing(tmp_path: Path, start_triton: StartTriton) -> None:
-    _, control, _ = _setup(tmp_path, start_triton)
-    cfg = tmp_path / "echo" / "config.pbtxt"
-    before = cfg.read_bytes()
+def test_missing_version_touches_nothing(echo: tuple[ModelRepository, ModelControl, LLMClient]) -> None:
+    repo, control, _ = echo
+    before = repo.config("echo")
     with pytest.raises(ServiceError, match="no version directory"):
-        switch_version(control, tmp_path, "echo", 9)
+        switch_version(control, repo, "echo", 9)
     with pytest.raises(ServiceError, match=r"no config\.pbtxt"):
-        switch_version(control, tmp_path, "other", 1)
-    assert cfg.read_bytes() == before
+        switch_version(control, repo, "other", 1)
+    assert repo.config("echo") == before

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.repository.pbtxt import render_pbtxt
 from pipeline.triton.client import LLMClient
-from pipeline.triton.pbtxt import render_pbtxt
 from pipeline.triton.server import TritonInstall, TritonServer, locate_tritonserver
 
 MODEL_PY = '''\

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.recipe.hardware import GPUS
-from pipeline.triton.repository import parse_config
+from pipeline.repository.base import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))

@@ -162,7 +162,7 @@ def test_an_8b_engine_switches_side_by_side_with_a_fraction_that_fits_two() -> N
 def test_multi_gpu_engines_are_served_in_orchestrator_mode(tmp_path: Path) -> None:
     import json
 
-    from pipeline.triton.parallel import serving_env
+    from pipeline.repository.parallel import serving_env
 
     def bundle(model: str, version: int, backend: str, tp: int) -> None:
         d = tmp_path / model / str(version) / "bundle"

@@ -159,7 +159,7 @@ def test_desired_state_refuses_hostile_name(where: str, name: str, workdir: Path
 
 def test_library_publish_refuses_hostile_name(workdir: Path) -> None:
     from pipeline.bundle import facts_for_target
-    from pipeline.triton.publish import publish_bundle, rollback
+    from pipeline.repository.publish import publish_bundle, rollback
 
     before = _snapshot(workdir)
     with pytest.raises(InvalidNameError, match=r"model: '\.\./x'"):

@@ -10,9 +10,9 @@ from pytest import MonkeyPatch
 
 from pipeline.errors import ServiceError, UsageError
 from pipeline.triton import _http
-from pipeline.triton import server as server_mod
+from pipeline.triton import install as install_mod
 from pipeline.triton.server import TritonInstall, TritonServer, locate_tritonserver
-from pipeline.triton.switch import kill_stubs
+from pipeline.triton.stubs import kill_stubs
 
 
 def _fake_wheel(root: Path, pys: tuple[str, ...] = ("3.11", "3.12")) -> Path:
@@ -37,8 +37,8 @@ def test_explicit_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_nothing_found_names_what_was_tried(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod.shutil, "which", lambda name: None)
-    monkeypatch.setattr(server_mod, "_wheel_root", lambda: None)
+    monkeypatch.setattr(install_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(install_mod, "_wheel_root", lambda: None)
     with pytest.raises(ServiceError, match="none given, none on PATH") as err:
         locate_tritonserver(None, cache_dir=tmp_path)
     assert err.value.hint and "nvidia-pytriton" in err.value.hint
@@ -47,7 +47,7 @@ def test_nothing_found_names_what_was_tried(tmp_path: Path, monkeypatch: MonkeyP
 
 
 def test_wheel_layout_gets_a_backend_dir_once(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod, "_py_tag", lambda: "3.11")
+    monkeypatch.setattr(install_mod, "_py_tag", lambda: "3.11")
     binary = _fake_wheel(tmp_path / "wheel")
     install = locate_tritonserver(binary, cache_dir=tmp_path / "cache", stub_numpy1=False)
     assert install.source == "explicit" and install.backend_dir is not None
@@ -73,7 +73,7 @@ def test_wheel_layout_gets_a_backend_dir_once(tmp_path: Path, monkeypatch: Monke
 
 
 def test_wheel_without_stub_for_this_python(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod, "_py_tag", lambda: "3.99")
+    monkeypatch.setattr(install_mod, "_py_tag", lambda: "3.99")
     binary = _fake_wheel(tmp_path / "wheel")
     with pytest.raises(ServiceError, match=r"no python backend stub for Python 3\.99.*3\.11, 3"):
         locate_tritonserver(binary, cache_dir=tmp_path / "cache", stub_numpy1=False)

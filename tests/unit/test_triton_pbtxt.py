@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from pipeline.triton import pbtxt
-from pipeline.triton.pbtxt import ModelConfigError
+from pipeline.repository import pbtxt
+from pipeline.repository.pbtxt import ModelConfigError
 
 CONFIG = {
     "name": "llm",

@@ -16,20 +16,13 @@ import yaml
 
 from pipeline import upstream
 from pipeline.bundle import facts_for_target, load_bundle
-from pipeline.triton import history
-from pipeline.triton import layout_ifb as ifb
-from pipeline.triton.pbtxt import ModelConfigError, config_to_dict
-from pipeline.triton.publish import publish_bundle
-from pipeline.triton.render import VERSION_CONFIG, RenderError, ServingOptions, composing_name
-from pipeline.triton.repository import (
-    ModelDir,
-    RepositoryError,
-    install_config,
-    materialize_version,
-    parse_config,
-    prune,
-    top_level_models,
-)
+from pipeline.repository import history
+from pipeline.repository import layout_ifb as ifb
+from pipeline.repository.base import RepositoryError, parse_config
+from pipeline.repository.local import DirectoryRepository, top_level_models
+from pipeline.repository.pbtxt import ModelConfigError, config_to_dict
+from pipeline.repository.publish import publish_bundle
+from pipeline.repository.render import VERSION_CONFIG, RenderError, ServingOptions, composing_name
 from pipeline.util.hashing import iter_content_files
 from tests.conftest import ROOT
 from tests.triton_bundles import pytorch_bundle, recipe, tensorrt_bundle
@@ -90,9 +83,8 @@ def params(cfg: dict[str, Any]) -> dict[str, str]:
 def test_tensorrt_repository_matches_upstream_inflight_batcher(tmp_path: Path, trt_bundles: list[Path]) -> None:
     repo = tmp_path / "repo"
     bundle = load_bundle(trt_bundles[0])
-    md = ModelDir(repo / "llama70b")
-    materialize_version(md, bundle, 1)
-    install_config(md, 1)
+    DirectoryRepository(repo).materialize("llama70b", bundle, 1)
+    DirectoryRepository(repo).install_config("llama70b", 1)
     names = {"ensemble": "llama70b", **{role: composing_name("llama70b", 1, role) for role in ROLES}}
     assert sorted(p.name for p in repo.iterdir() if not p.name.startswith(".")) == sorted(names.values())
     assert sorted([*names, *ifb.OMITTED_MODELS]) == sorted(IFB["models"])
@@ -154,7 +146,7 @@ def test_tensorrt_repository_matches_upstream_inflight_batcher(tmp_path: Path, t
 def test_upstream_python_models_are_loaded_from_the_container(tmp_path: Path, trt_bundles: list[Path],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tmp_path / "repo"
-    materialize_version(ModelDir(repo / "m"), load_bundle(trt_bundles[0]), 1)
+    DirectoryRepository(repo).materialize("m", load_bundle(trt_bundles[0]), 1)
     shim = repo / composing_name("m", 1, "preprocessing") / "1" / "model.py"
     text = shim.read_text()
     assert "/app/all_models" in text and "inflight_batcher_llm/preprocessing/1" in text
@@ -176,20 +168,20 @@ def test_upstream_python_models_are_loaded_from_the_container(tmp_path: Path, tr
 def test_pytorch_repository_matches_upstream_llmapi(tmp_path: Path, pt_bundle: Path) -> None:
     repo = tmp_path / "repo"
     bundle = load_bundle(pt_bundle)
-    md = ModelDir(repo / "llama70b-nvfp4")
-    materialize_version(md, bundle, 1)
-    install_config(md, 1)
+    md = repo / "llama70b-nvfp4"
+    DirectoryRepository(repo).materialize(md.name, bundle, 1)
+    DirectoryRepository(repo).install_config(md.name, 1)
     assert sorted(p.name for p in repo.iterdir()) == ["llama70b-nvfp4"]  # one model, as upstream
-    cfg = config(md.config_path)
+    cfg = config(md / "config.pbtxt")
     assert cfg["backend"] == LLMAPI["backend"] == "python"
     same_tensors(tensors(cfg["input"]), upstream_tensors(LLMAPI["inputs"]))
     same_tensors(tensors(cfg["output"], with_optional=False), upstream_tensors(LLMAPI["outputs"], with_optional=False))
     assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
 
-    data = yaml.safe_load((md.version_dir(1) / "model.yaml").read_text())
+    data = yaml.safe_load(((md / "1") / "model.yaml").read_text())
     assert set(LLMAPI["model_yaml"]["keys"]) <= set(data)
     assert next(iter(data)) == "model" and data["backend"] == LLMAPI["model_yaml"]["backend"]
-    assert Path(data["model"]) == (md.version_dir(1) / "bundle" / "checkpoint").resolve()
+    assert Path(data["model"]) == ((md / "1") / "bundle" / "checkpoint").resolve()
     assert (Path(data["model"]) / "config.json").is_file()
     r = recipe("llama70b-nvfp4-b200")
     assert data["tensor_parallel_size"] == r.target.tensor_parallel
@@ -202,7 +194,7 @@ def test_pytorch_repository_matches_upstream_llmapi(tmp_path: Path, pt_bundle: P
     # model.yaml and config.pbtxt agree, so auto-complete on or off gives the same model
     assert tc["decoupled"] == cfg["model_transaction_policy"]["decoupled"] is True
     assert tc["max_batch_size"] == int(cfg.get("max_batch_size", 0)) == 0
-    shim = (md.version_dir(1) / "model.py").read_text()
+    shim = ((md / "1") / "model.py").read_text()
     assert "llmapi/tensorrt_llm/1" in shim
     compile(shim, "model.py", "exec")
 
@@ -210,37 +202,36 @@ def test_pytorch_repository_matches_upstream_llmapi(tmp_path: Path, pt_bundle: P
 def test_each_version_has_its_own_composing_models_and_prune_removes_them(tmp_path: Path,
                                                                          trt_bundles: list[Path]) -> None:
     repo = tmp_path / "repo"
-    md = ModelDir(repo / "m")
+    md, r = repo / "m", DirectoryRepository(repo)
     for v, b in enumerate(trt_bundles[:2], 1):
-        materialize_version(md, load_bundle(b), v)
-    install_config(md, 2)
-    steps = config(md.config_path)["ensemble_scheduling"]["step"]
+        r.materialize("m", load_bundle(b), v)
+    r.install_config("m", 2)
+    steps = config(md / "config.pbtxt")["ensemble_scheduling"]["step"]
     assert {s["model_name"] for s in steps} == {composing_name("m", 2, r) for r in ROLES}
     paths = {v: params(config(repo / composing_name("m", v, "tensorrt_llm") / "config.pbtxt"))["gpt_model_path"]
              for v in (1, 2)}
     assert paths[1] != paths[2] and paths[2].endswith("/m/2/bundle/engine")
-    assert config(md.version_dir(1) / VERSION_CONFIG)["version_policy"] == {"specific": {"versions": ["1"]}}
+    assert config((md / "1") / VERSION_CONFIG)["version_policy"] == {"specific": {"versions": ["1"]}}
 
-    assert prune(md, keep=1, protect=[2]) == [1]
+    assert r.prune("m", keep=1, protect=[2]) == [1]
     assert sorted(p.name for p in repo.iterdir()) == sorted(["m", *(composing_name("m", 2, r) for r in ROLES)])
     with pytest.raises(RepositoryError, match="immutable"):
-        materialize_version(md, load_bundle(trt_bundles[1]), 2)
+        r.materialize("m", load_bundle(trt_bundles[1]), 2)
 
 
 def test_server_repository_path_is_used_in_rendered_paths(tmp_path: Path, trt_bundles: list[Path]) -> None:
-    md = ModelDir(tmp_path / "repo" / "m")
-    materialize_version(md, load_bundle(trt_bundles[0]), 1, server_repository="/models/")
+    DirectoryRepository(tmp_path / "repo").materialize("m", load_bundle(trt_bundles[0]), 1,
+                                                      server_repository="/models/")
     core = config(tmp_path / "repo" / composing_name("m", 1, "tensorrt_llm") / "config.pbtxt")
     assert params(core)["gpt_model_path"] == "/models/m/1/bundle/engine"
 
 
 def test_a_placeholder_or_bad_bundle_writes_nothing(tmp_path: Path, trt_bundles: list[Path]) -> None:
     repo = tmp_path / "repo"
-    md = ModelDir(repo / "m")
+    r = DirectoryRepository(repo)
     # refused at render time, by the upstream-records check, before any file is written
     with pytest.raises(RenderError, match=r"batch_scheduler_policy: template placeholder '\$\{policy\}' left"):
-        materialize_version(md, load_bundle(trt_bundles[0]), 1,
-                            options=ServingOptions(batch_scheduler_policy="${policy}"))
+        r.materialize("m", load_bundle(trt_bundles[0]), 1, options=ServingOptions(batch_scheduler_policy="${policy}"))
     assert not repo.exists() or not list(repo.iterdir())
 
     bad = tmp_path / "bad"
@@ -255,7 +246,7 @@ def test_a_placeholder_or_bad_bundle_writes_nothing(tmp_path: Path, trt_bundles:
     write_manifest(bad, name="x", backend="tensorrt", provenance={}, compatibility=manifest["compatibility"],
                    runtime=runtime)
     with pytest.raises(RenderError, match=r"runtime\.engine_config\.max_batch_size"):
-        materialize_version(md, load_bundle(bad), 1)
+        r.materialize("m", load_bundle(bad), 1)
     assert not repo.exists() or not list(repo.iterdir())
 
 
@@ -265,13 +256,13 @@ def test_publish_without_server_writes_the_rendered_repository(tmp_path: Path, t
     done = [publish_bundle(b, repo, "m", facts=h100, keep=1, store="file:///stores/a") for b in trt_bundles]
     # keep=1 still protects the version served before each publish (the rollback target)
     assert [(p.version, p.pruned) for p in done] == [(1, []), (2, []), (3, [1])]
-    md = ModelDir(repo / "m")
-    assert md.served_versions() == [3] and md.versions() == [2, 3]
+    md, r = repo / "m", DirectoryRepository(repo)
+    assert r.served_versions("m") == [3] and r.versions("m") == [2, 3]
     assert not (repo / composing_name("m", 1, "tensorrt_llm")).exists()
     assert (repo / composing_name("m", 2, "tensorrt_llm")).is_dir()
-    steps = config(md.config_path)["ensemble_scheduling"]["step"]
+    steps = config(md / "config.pbtxt")["ensemble_scheduling"]["step"]
     assert {s["model_name"] for s in steps} == {composing_name("m", 3, r) for r in ROLES}
-    entries = history.read(md.root)
+    entries = history.read(r, "m")
     assert {v: (e.bundle_id, e.store) for v, e in entries.items()} == {
         p.version: (p.bundle_id, "file:///stores/a") for p in done}
     # `trtbuild serve` loads the ensemble only; its composing models load with it
@@ -279,19 +270,18 @@ def test_publish_without_server_writes_the_rendered_repository(tmp_path: Path, t
 
 
 def test_history_refuses_unknown_versions_and_corrupt_files(tmp_path: Path) -> None:
-    md = tmp_path / "m"
-    md.mkdir()
-    history.record(md, 3, "a" * 64, None)
+    r = DirectoryRepository(tmp_path)
+    history.record(r, "m", 3, "a" * 64, None)
     with pytest.raises(history.HistoryError, match="records no store"):
-        history.lookup(md, 3)
+        history.lookup(r, "m", 3)
     with pytest.raises(history.HistoryError, match="version 4 is neither on disk nor in"):
-        history.lookup(md, 4)
-    history.record(md, 3, "a" * 64, "file:///s")
-    history.record(md, 3, "a" * 64, None)  # a later publish without --store keeps the known store
-    assert history.lookup(md, 3).store == "file:///s"
-    (md / history.HISTORY).write_text("{not json")
+        history.lookup(r, "m", 4)
+    history.record(r, "m", 3, "a" * 64, "file:///s")
+    history.record(r, "m", 3, "a" * 64, None)  # a later publish without --store keeps the known store
+    assert history.lookup(r, "m", 3).store == "file:///s"
+    (tmp_path / "m" / history.HISTORY).write_text("{not json")
     with pytest.raises(history.HistoryError, match=r"m/history\.json: unreadable"):
-        history.read(md)
+        history.read(r, "m")
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -314,10 +304,10 @@ def test_cli_rollback_fetches_a_pruned_version_and_refuses_a_damaged_one(
     h100 = facts_for_target("h100", gpus=2)
     for b in trt_bundles:
         publish_bundle(b, repo, "m", facts=h100, keep=1, store="file://store")  # relative: recorded absolute
-    md = ModelDir(repo / "m")
-    assert md.versions() == [2, 3] and history.read(md.root)[1].store == store.uri
+    target = DirectoryRepository(repo)
+    assert target.versions("m") == [2, 3] and history.read(target, "m")[1].store == store.uri
 
-    entry = history.read(md.root)[1]
+    entry = history.read(target, "m")[1]
     obj = tmp_path / "store" / "bundles" / entry.bundle_id / "files" / "engine" / "rank0.engine"
     good = obj.read_bytes()
     obj.chmod(0o644)
@@ -333,7 +323,7 @@ def test_cli_rollback_fetches_a_pruned_version_and_refuses_a_damaged_one(
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)["triton"]
     assert out["fetched"] and out["version"] == 1 and out["bundle_id"] == entry.bundle_id
-    assert md.served_versions() == [1] and md.versions() == [1, 2, 3]
+    assert target.served_versions("m") == [1] and target.versions("m") == [1, 2, 3]
     core = config(repo / composing_name("m", 1, "tensorrt_llm") / "config.pbtxt")
     assert params(core)["gpt_model_path"] == str((repo / "m" / "1" / "bundle" / "engine").resolve())
 
@@ -353,5 +343,5 @@ def test_a_placeholder_in_model_yaml_writes_nothing(tmp_path: Path) -> None:
                    runtime=manifest["runtime"])
     repo = tmp_path / "repo"
     with pytest.raises(ModelConfigError, match=r"m/1/model\.yaml: unresolved template placeholders.*KV_DTYPE"):
-        materialize_version(ModelDir(repo / "m"), load_bundle(bundle), 1)
+        DirectoryRepository(repo).materialize("m", load_bundle(bundle), 1)
     assert not repo.exists() or not list(repo.iterdir())

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import upstream
 from pipeline.bundle import load_bundle
-from pipeline.triton.render import Rendered, render_version
+from pipeline.repository.render import Rendered, render_version
 from pipeline.upstream.triton import UpstreamLoadError, evaluate, load
 from tests.conftest import ROOT
 from tests.triton_bundles import recipe, tensorrt_bundle

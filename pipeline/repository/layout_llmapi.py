@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from pipeline.bundle import Bundle
-from pipeline.triton import layout_ifb as ifb
-from pipeline.triton.render import (
+from pipeline.repository import layout_ifb as ifb
+from pipeline.repository.rendered import (
     BUNDLE_DIR,
     Rendered,
     RenderedModel,

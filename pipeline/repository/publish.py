@@ -7,6 +7,9 @@ smoke; on any failure the previous config is restored and everything new removed
 repository is as it was) or, with no server, install its config. history.json records the
 bundle and store of each version; older versions beyond `keep` are pruned, served ones never.
 
+Written once against ModelRepository (base.py): the same code publishes into a directory and
+into s3://bucket/prefix, and every write happens inside the repository's writer lease.
+
 rollback: serve an older version again through the same switch. A version that was pruned comes
 back from the bundle store named in history.json (every file's sha256 verified) and is
 re-materialized under its own number first.
@@ -17,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,19 +29,13 @@ from typing import Any
 from pipeline.bundle import RuntimeFacts, check_compatible, load_bundle
 from pipeline.errors import ServiceError
 from pipeline.names import check_name
-from pipeline.triton import history
-from pipeline.triton.render import SERVER_BACKENDS, ServingOptions
-from pipeline.triton.repository import (
-    ModelDir,
-    composing_models,
-    install_config,
-    materialize_version,
-    prune,
-    remove_version,
-    version_composing,
-)
+from pipeline.repository import history
+from pipeline.repository.base import ModelRepository, composing_models
+from pipeline.repository.render import SERVER_BACKENDS, ServingOptions
+from pipeline.repository.uri import open_repository
 
 SWITCHES = ("side-by-side", "drain", "rolling")
+Repository = ModelRepository | Path | str
 log = logging.getLogger(__name__)
 
 
@@ -131,54 +127,74 @@ def require_backend(server_url: str, backend: str, timeout: float = 60.0) -> Non
         control.unload(probe)
 
 
-def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: RuntimeFacts, keep: int = 3,
+def publish_bundle(bundle_dir: Path, repository: Repository, model: str, *, facts: RuntimeFacts, keep: int = 3,
                    server_url: str | None = None, load_timeout: float = 300.0,
                    smoke_prompt: str = "The capital of France is", instances: int = 1,
                    store: str | None = None, server_repository: str | None = None,
                    options: ServingOptions | None = None, switch: str = "side-by-side") -> Published:
-    """Publish `bundle_dir` as the next version of `model`.
+    """Publish `bundle_dir` as the next version of `model` in `repository` (a directory,
+    s3://bucket/prefix, or an open ModelRepository).
 
     `store`: the bundle store URI the bundle was released to, recorded so rollback can fetch the
     version after it was pruned. `server_repository`: the repository's path as the server sees it
-    (a container mount), used in rendered paths; default: `repository`'s absolute path.
+    (a container mount), used in rendered paths; default: the repository's own absolute path.
     `switch` (pipeline/gpu/schedule.py picks it): side-by-side loads the new version beside the
     serving one; drain unloads the serving one first (for models of which two copies do not fit
     on the GPUs); rolling writes the repository only (replicas restart into it one at a time).
     """
     check_name(model, "model")
+    repo = open_repository(repository)
+    _check_switch(repo, switch)
     bundle = load_bundle(bundle_dir)  # every file's sha256, before anything is written
     check_compatible(bundle, facts)
-    md = ModelDir(repository / model)
-    existing = md.version_of(bundle.id)
-    previous = md.served_versions()
-    if existing is not None and existing in previous and not server_url:
-        history.record(md.root, existing, bundle.id, _absolute_store(store))
-        return Published(model, existing, bundle.id, str(repository), previous, [], False, {}, already=True)
-    if server_url:
-        require_backend(server_url, bundle.backend, timeout=min(load_timeout, 60.0))
-    world = int(bundle.compatibility.get("tensor_parallel") or 1) * int(bundle.compatibility.get("pipeline_parallel")
-                                                                       or 1)
-    if server_url and bundle.backend == "tensorrt" and world > 1:
-        # the server's environment cannot be read through its API: say what it needs
-        log.warning("a TP x PP = %d engine loads only on a tritonserver in TensorRT-LLM orchestrator mode "
-                    "(TRTLLM_ORCHESTRATOR=1, as `trtbuild serve` and ci/k8s/triton.yaml start it)", world)
-    created = existing is None
-    version = existing if existing is not None else (max(md.versions(), default=0) + 1)
-    if created:
-        materialize_version(md, bundle, version, server_repository=server_repository,
-                            options=options or ServingOptions(instances=instances))
-    try:
-        seconds = _serve(md, version, server_url, load_timeout, smoke_prompt, bundle.backend, switch=switch)
-    except BaseException:
+    repo.check_bundle(bundle)
+    if switch == "rolling":
+        server_url = None  # replicas restart into the new version; nothing is loaded through an API
+    with repo.writer(model, load_timeout):
+        existing = repo.version_of(model, bundle.id)
+        previous = repo.served_versions(model)
+        if existing is not None and existing in previous and not server_url:
+            history.record(repo, model, existing, bundle.id, _absolute_store(store))
+            return Published(model, existing, bundle.id, repo.uri, previous, [], False, {}, already=True)
+        if server_url:
+            require_backend(server_url, bundle.backend, timeout=min(load_timeout, 60.0))
+        world = (int(bundle.compatibility.get("tensor_parallel") or 1)
+                 * int(bundle.compatibility.get("pipeline_parallel") or 1))
+        if server_url and bundle.backend == "tensorrt" and world > 1:
+            # the server's environment cannot be read through its API: say what it needs
+            log.warning("a TP x PP = %d engine loads only on a tritonserver in TensorRT-LLM orchestrator mode "
+                        "(TRTLLM_ORCHESTRATOR=1, as `trtbuild serve` and ci/k8s/triton.yaml start it)", world)
+        created = existing is None
+        version = existing if existing is not None else (max(repo.versions(model), default=0) + 1)
+        had_config = repo.config(model) is not None
         if created:
-            remove_version(md, version)
-            if not md.versions():
-                md.config_path.unlink(missing_ok=True)
-        raise
-    history.record(md.root, version, bundle.id, _absolute_store(store))
-    pruned = prune(md, keep, protect=[version, *previous])
-    return Published(model, version, bundle.id, str(repository), previous, pruned, bool(server_url), seconds,
+            repo.materialize(model, bundle, version, server_repository=server_repository,
+                             options=options or ServingOptions(instances=instances))
+        try:
+            seconds = _serve(repo, model, version, server_url, load_timeout, smoke_prompt, bundle.backend,
+                             switch=switch, op="publish")
+        except BaseException:
+            if created:
+                repo.remove_version(model, version, "publish.cleanup")
+                if not had_config:
+                    repo.delete_file("publish.cleanup", model, "config.pbtxt")
+            raise
+        history.record(repo, model, version, bundle.id, _absolute_store(store))
+        pruned = repo.prune(model, keep, protect=[version, *previous])
+    return Published(model, version, bundle.id, repo.uri, previous, pruned, bool(server_url), seconds,
                      already=not created)
+
+
+DRAIN_NEEDS_ONE_SERVER = ("switch 'drain' unloads a model through one server's API; an s3:// repository is "
+                          "served by replicas that poll it: use switch 'rolling' (or side-by-side if two "
+                          "versions fit)")
+
+
+def _check_switch(repo: ModelRepository, switch: str) -> None:
+    if switch not in SWITCHES:
+        raise ServiceError(f"unknown switch strategy '{switch}'; known: {', '.join(SWITCHES)}")
+    if switch == "drain" and not repo.single_server:
+        raise ServiceError(DRAIN_NEEDS_ONE_SERVER)
 
 
 def _absolute_store(store: str | None) -> str | None:
@@ -190,40 +206,39 @@ def _absolute_store(store: str | None) -> str | None:
     return store or None
 
 
-def _serve(md: ModelDir, version: int, server_url: str | None, timeout: float, prompt: str,
-           backend: str, *, switch: str = "side-by-side") -> dict[str, float]:
+def _serve(repo: ModelRepository, model: str, version: int, server_url: str | None, timeout: float, prompt: str,
+           backend: str, *, switch: str = "side-by-side", op: str = "publish") -> dict[str, float]:
     """Make `version` the served one: config only, or through the server (first load or switch)."""
-    if switch not in SWITCHES:
-        raise ServiceError(f"unknown switch strategy '{switch}'; known: {', '.join(SWITCHES)}")
     if not server_url or switch == "rolling":
-        install_config(md, version)
+        repo.install_config(model, version, op)
         return {}
+    from pipeline.repository.switch import switch_version
     from pipeline.triton.control import ModelControl
-    from pipeline.triton.switch import switch_version
 
     control = ModelControl(server_url)
-    smoke = smoke_check(server_url, md.name, prompt, backend=backend)
-    new_parts = version_composing(md, version)
-    if not md.config_path.is_file():
-        install_config(md, version)
+    smoke = smoke_check(server_url, model, prompt, backend=backend)
+    new_parts = repo.version_composing(model, version)
+    current = repo.config(model)
+    if current is None:
+        repo.install_config(model, version, op)
         try:
-            control.load(md.name, timeout=timeout)  # an ensemble's composing models load with it
-            control.wait_ready(md.name, version, timeout=timeout)
+            control.load(model, timeout=timeout)  # an ensemble's composing models load with it
+            control.wait_ready(model, version, timeout=timeout)
             smoke(version)
         except BaseException:
-            _unload(control, [md.name, *new_parts])
+            _unload(control, [model, *new_parts])
             raise
         return {}
-    old_parts = composing_models(md.config_path.read_text())
+    old_parts = composing_models(current.decode())
     drained_at = None
     if switch == "drain":
         # two copies do not fit on the GPUs: free them first; from here until the new version is
         # ready this server answers nothing for the model (the downtime the plan states)
         drained_at = time.monotonic()
-        _unload(control, [md.name, *[n for n in old_parts if n not in new_parts]])
-        control.wait_unloaded(md.name, timeout=timeout)
+        _unload(control, [model, *[n for n in old_parts if n not in new_parts]])
+        control.wait_unloaded(model, timeout=timeout)
     try:
-        result = switch_version(control, md.root.parent, md.name, version, timeout=timeout, smoke=smoke)
+        result = switch_version(control, repo, model, version, timeout=timeout, smoke=smoke)
     except BaseException:
         _unload(control, [n for n in new_parts if n not in old_parts])
         raise
@@ -242,62 +257,62 @@ def _unload(control: Any, names: list[str]) -> None:
             control.unload(name)
 
 
-def rollback(repository: Path, model: str, *, server_url: str | None, to: int | None = None,
+def rollback(repository: Repository, model: str, *, server_url: str | None, to: int | None = None,
              load_timeout: float = 300.0, smoke_prompt: str = "The capital of France is",
              server_repository: str | None = None, switch: str = "side-by-side") -> Published:
     """Serve the previous (or the given) version again, through the same load/ready/smoke path
     and the same switch strategy as publish.
 
-    A version no longer on disk is fetched from the store recorded in history.json (sha256 of
-    every file verified) and re-materialized under its number; if that or the switch fails, the
-    repository and what serves are left as they were.
+    A version no longer in the repository is fetched from the store recorded in history.json
+    (sha256 of every file verified) and re-materialized under its number; if that or the switch
+    fails, the repository and what serves are left as they were.
     """
     check_name(model, "model")
-    md = ModelDir(repository / model)
-    served = md.served_versions()
-    if not served:
-        raise ServiceError(f"model '{model}' has no served version in {repository}")
-    current = max(served)
-    if to is None:
-        older = [v for v in md.versions() if v < current]
-        if not older:
-            raise ServiceError(f"model '{model}' has no version older than {current} on disk to roll back to; "
-                               "use --to VERSION (pruned versions come back from the store)")
-        to = max(older)
-    fetched = to not in md.versions()
-    backend = _fetch_pruned(md, to, server_repository) if fetched else _backend_of(md, to)
-    try:
-        if server_url:
-            require_backend(server_url, backend, timeout=min(load_timeout, 60.0))
-        seconds = _serve(md, to, server_url, load_timeout, smoke_prompt, backend, switch=switch)
-    except BaseException:
-        if fetched:
-            remove_version(md, to)
-        raise
-    return Published(model, to, md.bundle_id(to) or "", str(repository), served, [], bool(server_url), seconds,
-                     fetched=fetched)
+    repo = open_repository(repository)
+    _check_switch(repo, switch)
+    with repo.writer(model, load_timeout):
+        served = repo.served_versions(model)
+        if not served:
+            raise ServiceError(f"model '{model}' has no served version in {repo.uri}")
+        current = max(served)
+        versions = repo.versions(model)
+        if to is None:
+            older = [v for v in versions if v < current]
+            if not older:
+                raise ServiceError(f"model '{model}' has no version older than {current} on disk to roll back "
+                                   "to; use --to VERSION (pruned versions come back from the store)")
+            to = max(older)
+        fetched = to not in versions
+        backend = _fetch_pruned(repo, model, to, server_repository) if fetched else repo.backend_of(model, to)
+        try:
+            if server_url and switch != "rolling":
+                require_backend(server_url, backend, timeout=min(load_timeout, 60.0))
+            seconds = _serve(repo, model, to, server_url, load_timeout, smoke_prompt, backend, switch=switch,
+                             op="rollback")
+        except BaseException:
+            if fetched:
+                repo.remove_version(model, to, "publish.cleanup")
+            raise
+    return Published(model, to, repo.bundle_id(model, to) or "", repo.uri, served, [],
+                     bool(server_url) and switch != "rolling", seconds, fetched=fetched)
 
 
-def _backend_of(md: ModelDir, version: int) -> str:
-    from pipeline.bundle import read_manifest
-
-    manifest, _ = read_manifest(md.version_dir(version) / "bundle")
-    return str(manifest.get("backend", "reference"))
-
-
-def _fetch_pruned(md: ModelDir, version: int, server_repository: str | None) -> str:
+def _fetch_pruned(repo: ModelRepository, model: str, version: int, server_repository: str | None) -> str:
     """Bring a pruned version back from the store; returns its bundle backend."""
     from pipeline.store import open_store
 
-    entry = history.lookup(md.root, version)
-    staging = md.root.parent / f".fetch-{md.name}-{version}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        bundle_dir = open_store(entry.store or "").get(entry.bundle_id, staging / "bundle")
+    entry = history.lookup(repo, model, version)
+    with tempfile.TemporaryDirectory(prefix=f"trtbuild-fetch-{model}-{version}-") as staging:
+        bundle_dir = open_store(entry.store or "").get(entry.bundle_id, Path(staging) / "bundle")
         bundle = load_bundle(bundle_dir, expect_id=entry.bundle_id)
         # re-rendered with default serving options: what was published with other options
         # (instances) comes back with the defaults
-        materialize_version(md, bundle, version, server_repository=server_repository)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        repo.materialize(model, bundle, version, server_repository=server_repository, op="rollback")
     return bundle.backend
+
+
+def prune(repository: Repository, model: str, keep: int, *, timeout: float = 60.0) -> list[int]:
+    """Remove versions beyond `keep` (oldest first), never a served one."""
+    repo = open_repository(repository)
+    with repo.writer(model, timeout):
+        return repo.prune(model, keep, protect=repo.served_versions(model))
