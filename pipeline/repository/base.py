@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -34,11 +35,13 @@ from typing import Any
 
 from pipeline.bundle import Bundle
 from pipeline.errors import TrtbuildError
-from pipeline.repository import pbtxt
+from pipeline.repository import failpoints, pbtxt
+from pipeline.repository.lease import Lease, held, waiting_line
 from pipeline.repository.render import BUNDLE_DIR, VERSION_CONFIG, ServingOptions, render_version
 from pipeline.util.hashing import sha256_bytes
 
 CONFIG = "config.pbtxt"
+log = logging.getLogger(__name__)
 
 
 class RepositoryError(TrtbuildError):
@@ -71,6 +74,7 @@ class ModelRepository(ABC):
 
     def __init__(self) -> None:
         self._held: dict[str, int] = {}  # writer() re-entrancy: model -> depth, per thread
+        self._active: dict[str, Lease] = {}  # the leases writer() holds: "thread:model" -> lease
         self._held_lock = threading.Lock()
 
     # ------------------------------------------------------------------ backend primitives
@@ -125,15 +129,16 @@ class ModelRepository(ABC):
         """The directory a python stub of `version` runs from on this host (to end a hung load)."""
         return None
 
-    def _lease(self, model: str, timeout: float) -> contextlib.AbstractContextManager[object]:
-        # lease: pipeline/repository/lease.py (being added)
-        return contextlib.nullcontext()
+    @abstractmethod
+    def lease(self, model: str) -> Lease:
+        """The writer lease of `model` in this repository (lease.py: a flock'd file, an S3 object)."""
 
     # ------------------------------------------------------------------ the writer lease
     @contextlib.contextmanager
     def writer(self, model: str, timeout: float) -> Iterator[None]:
-        """Held around every write to `model` (publish, switch, rollback, prune, sync). Re-entrant
-        within a thread, so publish -> switch and sync -> publish take it once."""
+        """Held around every write to `model` (publish, switch, rollback, prune, sync): the model's
+        writer lease, waited for up to `timeout` s (then LeaseHeld names the holder), renewed while
+        held. Re-entrant within a thread, so publish -> switch and sync -> publish take it once."""
         key = f"{threading.get_ident()}:{model}"
         with self._held_lock:
             depth = self._held.get(key, 0)
@@ -142,13 +147,31 @@ class ModelRepository(ABC):
             if depth:
                 yield
             else:
-                with self._lease(model, timeout):
-                    yield
+                lease = self.lease(model)
+                with held(lease, timeout=timeout, on_wait=lambda h, waited: log.warning(
+                        "%s", waiting_line(model, h, waited))):
+                    with self._held_lock:
+                        self._active[key] = lease
+                    try:
+                        yield
+                    finally:
+                        with self._held_lock:
+                            self._active.pop(key, None)
         finally:
             with self._held_lock:
                 self._held[key] -= 1
                 if not self._held[key]:
                     del self._held[key]
+
+    def _write_step(self, step: str) -> None:
+        """Before each write: the fault-injection point, then the fence: a writer whose lease was
+        lost (expired while it stalled, taken over) stops before it writes anything more."""
+        failpoints.step(step)
+        mine = f"{threading.get_ident()}:"
+        with self._held_lock:
+            leases = [lease for key, lease in self._active.items() if key.startswith(mine)]
+        for lease in leases:
+            lease.check()
 
     # ------------------------------------------------------------------ reading (written once)
     def config(self, model: str) -> bytes | None:

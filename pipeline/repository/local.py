@@ -8,14 +8,11 @@ hard-linked into the version when it is on the same filesystem (bundles are immu
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
-from filelock import FileLock
-
-from pipeline.repository import failpoints
 from pipeline.repository.base import CONFIG, ModelRepository
+from pipeline.repository.lease import DirLease, Lease
 from pipeline.repository.render import BUNDLE_DIR
 from pipeline.util import atomic
 from pipeline.util.files import link_tree
@@ -44,10 +41,9 @@ class DirectoryRepository(ModelRepository):
     def local_version_dir(self, model: str, version: int) -> Path | None:
         return self._path(model, version)
 
-    def _lease(self, model: str, timeout: float) -> contextlib.AbstractContextManager[object]:
-        # lease: pipeline/repository/lease.py (being added); until then the flock switches always took
+    def lease(self, model: str) -> Lease:
         self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / f".{model}.switch.lock"), timeout=timeout)
+        return DirLease(self.root, model)
 
     # ---- reading
     def versions(self, model: str) -> list[int]:
@@ -67,14 +63,14 @@ class DirectoryRepository(ModelRepository):
     def write_file(self, step: str, data: bytes, model: str, *parts: str) -> None:
         path = self._path(model, *parts)
         mode = path.stat().st_mode & 0o7777 if path.is_file() else None
-        failpoints.step(step)
+        self._write_step(step)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(path, data)
         if mode is not None:
             path.chmod(mode)  # an operator's permissions on config.pbtxt survive a switch
 
     def delete_file(self, step: str, model: str, *parts: str) -> None:
-        failpoints.step(step)
+        self._write_step(step)
         self._path(model, *parts).unlink(missing_ok=True)
 
     def write_version(self, step: str, model: str, version: int, bundle_dir: Path, files: dict[str, str]) -> None:
@@ -83,18 +79,18 @@ class DirectoryRepository(ModelRepository):
         with atomic.staged_dir(final) as tmp:
             link_tree(bundle_dir, tmp / BUNDLE_DIR)  # bundles are immutable: hard links are safe
             _write_files(tmp, files)
-            failpoints.step(step)  # everything is in the temporary directory; the rename publishes it
+            self._write_step(step)  # everything is in the temporary directory; the rename publishes it
 
     def write_model(self, step: str, name: str, version: int, config_text: str, files: dict[str, str]) -> None:
         with atomic.staged_dir(self._path(name)) as tmp:
             _write_files(tmp / str(version), files)
             (tmp / CONFIG).write_text(config_text)
-            failpoints.step(step)
+            self._write_step(step)
 
     def remove_tree(self, step: str, model: str, *parts: str | int) -> None:
         path = self._path(model, *parts)
         if path.exists():
-            failpoints.step(step)
+            self._write_step(step)
             shutil.rmtree(path, ignore_errors=True)
 
     # ---- directory only

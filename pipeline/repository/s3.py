@@ -22,8 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.bundle import Bundle
-from pipeline.repository import failpoints
 from pipeline.repository.base import CONFIG, ModelRepository, RepositoryError
+from pipeline.repository.lease import Lease
+from pipeline.repository.lease_s3 import S3Lease
 from pipeline.repository.render import BUNDLE_DIR
 from pipeline.util.hashing import iter_content_files
 
@@ -60,6 +61,9 @@ class S3Repository(ModelRepository):
 
     def where(self, model: str, *parts: str | int) -> str:
         return f"s3://{self.bucket}/{self.key(model, *parts)}"
+
+    def lease(self, model: str) -> Lease:
+        return S3Lease(self.client, self.bucket, self.prefix, model)
 
     def check_bundle(self, bundle: Bundle) -> None:
         if bundle.backend != "reference":
@@ -102,7 +106,7 @@ class S3Repository(ModelRepository):
 
     # ---- writing: every write step of an S3 repository
     def _put(self, step: str, data: bytes, *parts: str | int) -> None:
-        failpoints.step(step)
+        self._write_step(step)
         with self.errors("write"):
             self.client.put_object(Bucket=self.bucket, Key=self.key(*parts), Body=data)
 
@@ -110,7 +114,7 @@ class S3Repository(ModelRepository):
         self._put(step, data, model, *parts)  # a PUT replaces an object atomically
 
     def delete_file(self, step: str, model: str, *parts: str) -> None:
-        failpoints.step(step)
+        self._write_step(step)
         with self.errors("delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(model, *parts))
 
@@ -118,7 +122,7 @@ class S3Repository(ModelRepository):
         with self.errors("upload version"):
             for f in iter_content_files(bundle_dir):
                 rel = f.relative_to(bundle_dir).as_posix()
-                failpoints.step(step)
+                self._write_step(step)
                 self.client.upload_file(str(f), self.bucket, self.key(model, version, BUNDLE_DIR, rel))
         for rel, text in files.items():
             self._put(step, text.encode(), model, version, rel)
@@ -132,7 +136,7 @@ class S3Repository(ModelRepository):
         keys = self.keys(model, *parts)
         if not keys:
             return
-        failpoints.step(step)
+        self._write_step(step)
         with self.errors("delete version"):
             for i in range(0, len(keys), 1000):
                 self.client.delete_objects(Bucket=self.bucket, Delete={

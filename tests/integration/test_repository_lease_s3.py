@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ServiceError
-from pipeline.repository.lease import DirLease, Holder, LeaseHeld, LeaseLost, S3Lease, held
+from pipeline.repository.lease import DirLease, Holder, LeaseHeld, LeaseLost, held
+from pipeline.repository.lease_s3 import S3Lease
 from pipeline.triton.control import ModelControl
 from pipeline.triton.server import TritonServer
 from tests.integration.services_fixtures import BUCKET, S3Service, seaweed_s3

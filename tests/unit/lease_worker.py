@@ -21,7 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.repository.lease import DirLease, Holder, Lease, LeaseHeld, S3Lease, held
+from pipeline.repository.lease import DirLease, Holder, Lease, LeaseHeld, held
+from pipeline.repository.lease_s3 import S3Lease
 
 ROOT = Path(__file__).resolve().parents[2]
 
