@@ -347,10 +347,12 @@ class MlflowRegistry:
         bundle_id: str,
         tags: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        description: str | None = None,
     ) -> int:
         """Register the bundle stored at `store_uri` as a version; the same digest -> same version.
 
         `tags`: recipe_digest, gate verdicts (`gate.<name>`: pass/fail), git_commit, ...
+        `description`: Markdown on the version's page (set when the version is created).
         """
         check_name(model_name, "registered model")
         with self.errors(f"register model '{model_name}'"):
@@ -367,7 +369,7 @@ class MlflowRegistry:
             )
         with self.errors(f"create a version of '{model_name}'"):
             mv = self.client.create_model_version(
-                model_name, source=store_uri, run_id=run_id, tags=all_tags
+                model_name, source=store_uri, run_id=run_id, tags=all_tags, description=description
             )
         return int(mv.version)
 
