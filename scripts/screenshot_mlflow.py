@@ -42,14 +42,17 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 WIDTH = 1400
 MAX_HEIGHT = 16000  # Chromium refuses larger captures; a page this long is a finding itself
 
-# the height the content needs: the UI scrolls inside nested containers, not the document
-_CONTENT_HEIGHT = """(() => {
-  let h = document.documentElement.scrollHeight;
-  for (const el of document.querySelectorAll('*')) {
-    if (el.scrollHeight > el.clientHeight + 4) {
-      const r = el.getBoundingClientRect();
-      h = Math.max(h, r.top + window.scrollY + el.scrollHeight + 40);
-    }
+# where the content ends: the UI fills the viewport and scrolls inside nested containers, so the
+# document's height says nothing; the lowest visible leaf (text, image, chart) does
+_CONTENT_BOTTOM = """(() => {
+  let h = 0;
+  for (const el of document.querySelectorAll('body *')) {
+    const leaf = el.childElementCount === 0 && el.textContent.trim() !== '';
+    if (!(leaf || ['IMG', 'CANVAS', 'svg', 'INPUT'].includes(el.tagName))) continue;
+    const r = el.getBoundingClientRect();
+    // the sidebar's Docs/Settings are pinned to the viewport's foot: not content
+    const pinned = r.bottom > innerHeight - 80 && r.bottom <= innerHeight;
+    if (r.width > 0 && r.height > 0 && !pinned) h = Math.max(h, r.bottom + window.scrollY);
   }
   return Math.ceil(h);
 })()"""
@@ -58,14 +61,37 @@ _BUSY = """(() => !!document.querySelector('[role=progressbar], .ant-spin-spinni
   [...document.images].some(i => !i.complete))()"""
 
 
+# What a reviewer does first: the classic (not GenAI) view, the assistant panel closed (it takes
+# a quarter of the width), the run's description expanded (collapsed it shows ~3 lines). The
+# localStorage keys are the UI's own (MLflow 3.x); _TIDY clicks where they are not enough.
+_PREFS = """localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
+localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
+localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));"""
+_TIDY = """(() => {
+  const done = [];
+  const visible = (e) => e && e.offsetParent !== null;
+  const training = [...document.querySelectorAll('button, [role=radio], label')]
+    .find(e => e.textContent.trim() === 'Model training' && visible(e));
+  if (training && !training.closest('[aria-checked=true], [aria-pressed=true], [class*=checked]')
+      && document.body.innerText.includes('Evaluation runs')) { training.click(); done.push('model training view'); }
+  const close = [...document.querySelectorAll('button')].find(b => visible(b)
+    && /close/i.test((b.getAttribute('aria-label') || '') + (b.dataset.testid || ''))
+    && b.getBoundingClientRect().left > window.innerWidth * 0.6 && b.getBoundingClientRect().top < 120);
+  if (close && document.body.innerText.includes('MLflow Assistant')) { close.click(); done.push('assistant closed'); }
+  const more = document.querySelector('[data-testid=show-comment-toggle][aria-label="Expand description"]');
+  if (visible(more)) { more.click(); done.push('description expanded'); }
+  return done.join(', ');
+})()"""
+
+
 def fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
 
 # --------------------------------------------------------------------------- MLflow REST
-def api(base: str, path: str, **query: str) -> dict[str, Any]:
-    url = f"{base}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"
+def api(base: str, endpoint: str, **query: str) -> dict[str, Any]:
+    url = f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
     try:
         with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - http(s) URL of the user's MLflow
             return dict(json.load(r))
@@ -86,29 +112,31 @@ def default_url(root: Path) -> str:
     raise AssertionError
 
 
-def pages(base: str, model: str | None, version: str | None, alias: str, runs: list[str]) -> list[tuple[str, str, str]]:
-    """(file stem, UI route, text the rendered page must contain) for each page to shoot."""
-    out: list[tuple[str, str, str]] = []
+def pages(base: str, model: str | None, version: str | None, alias: str,
+          runs: list[str]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(file stem, UI route, texts the rendered page must contain) for each page to shoot."""
+    out: list[tuple[str, str, tuple[str, ...]]] = []
     runs = list(runs)
     if model:
         if version is None:
             version = str(api(base, "registered-models/alias", name=model, alias=alias)["model_version"]["version"])
         mv = api(base, "model-versions/get", name=model, version=version)["model_version"]
         out.append((f"model-{model}-v{version}", f"#/models/{urllib.parse.quote(model)}/versions/{version}",
-                    f"Version {version}"))
+                    (f"Version {version}", "Description", "Tags")))
         if mv.get("run_id") and mv["run_id"] not in runs:
             runs.insert(0, mv["run_id"])
     for run_id in runs:
         info = api(base, "runs/get", run_id=run_id)["run"]["info"]
         route = f"#/experiments/{info['experiment_id']}/runs/{run_id}"
         name = info.get("run_name") or run_id
-        out.append((f"run-{run_id[:8]}", route, name))
+        out.append((f"run-{run_id[:8]}", route, (name, "About this run", "Metrics", "Parameters")))
         reports = [f["path"] for f in api(base, "artifacts/list", run_id=run_id, path="gates").get("files", [])
                    if f["path"].endswith(".md")]
         if reports:
             first = reports[0]
             out.append((f"run-{run_id[:8]}-artifact-{Path(first).stem}",
-                        f"{route}/artifactPath/{urllib.parse.quote(first, safe='')}", "Gate"))
+                        f"{route}/artifactPath/{urllib.parse.quote(first, safe='')}",
+                        (Path(first).name, f"{Path(first).stem.capitalize()} gate")))
     return out
 
 
@@ -159,32 +187,61 @@ class Tab:
     def eval(self, expr: str) -> Any:
         return self.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
 
-    def shoot(self, url: str, must_show: str, out: Path, timeout: float) -> int:
-        """Open `url`, wait for `must_show` and no spinner, capture the whole content. Returns its height."""
-        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=900, deviceScaleFactor=1, mobile=False)
-        self.call("Page.navigate", url=url)
-        deadline = time.monotonic() + timeout
+    def settle(self, must_show: tuple[str, ...], deadline: float) -> tuple[bool, str]:
+        """Wait until the page shows every text of `must_show`, no spinner, for 2 s. Returns (ok, text)."""
         text = ""
         quiet_since = None
         while time.monotonic() < deadline:
             text = self.eval("document.body ? document.body.innerText : ''") or ""
-            ready = must_show in text and not self.eval(_BUSY)
+            ready = all(m in text for m in must_show) and not self.eval(_BUSY)
             quiet_since = (quiet_since or time.monotonic()) if ready else None
-            if quiet_since and time.monotonic() - quiet_since > 1.5:  # late requests (metrics, images) settle
-                break
+            if quiet_since and time.monotonic() - quiet_since > 2.0:  # late requests (metrics, images) settle
+                return True, text
             time.sleep(0.3)
-        else:
-            print(f"warning: {url}: '{must_show}' not shown within {timeout:.0f} s; shooting what is there",
+        return False, text
+
+    def shoot(self, url: str, must_show: tuple[str, ...], out: Path, timeout: float) -> tuple[int, str]:
+        """Open `url`, wait for `must_show`, tidy the view, capture the whole content.
+
+        Returns the captured height and what was tidied."""
+        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=900, deviceScaleFactor=1, mobile=False)
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        ok, text = self.settle(must_show, deadline)
+        tidied = ""
+        for _ in range(3):  # a click re-renders (the view switch collapses the description again)
+            step = self.eval(_TIDY) if ok else ""
+            if not step:
+                break
+            tidied = f"{tidied}, {step}" if tidied else step
+            ok, text = self.settle(must_show, deadline)
+        if not ok:
+            missing = [m for m in must_show if m not in text]
+            print(f"warning: {url}: {missing or 'spinner'} still missing after {timeout:.0f} s; shooting what is there",
                   file=sys.stderr)
-        height = min(int(self.eval(_CONTENT_HEIGHT) or 900), MAX_HEIGHT)
-        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=height, deviceScaleFactor=1, mobile=False)
-        time.sleep(1.0)  # re-layout at the new size
-        png = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        # A resize re-renders and collapses the description again: grow the viewport past the content,
+        # tidy again, and capture down to where the content ends.
+        height = 900
+        bottom = int(self.eval(_CONTENT_BOTTOM) or 900)
+        for _ in range(3):
+            if bottom + 40 <= height:
+                break
+            height = min(bottom + 400, MAX_HEIGHT)
+            self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=height, deviceScaleFactor=1,
+                      mobile=False)
+            time.sleep(1.5)  # re-layout at the new size
+            self.eval(_TIDY)
+            time.sleep(1.5)
+            bottom = int(self.eval(_CONTENT_BOTTOM) or height)
+        height = min(bottom + 40, height)
+        text = self.eval("document.body ? document.body.innerText : ''") or text
+        png = self.call("Page.captureScreenshot", format="png",
+                        clip={"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1})["data"]
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_bytes(b64decode(png))
         tmp.replace(out)
         out.with_suffix(".txt").write_text(text)  # the page's text: what a reviewer reads, greppable
-        return height
+        return height, tidied
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,10 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = pages(base, a.model or None, a.version, a.alias, a.run)
     with chromium(a.chromium) as devtools:
         tab = Tab(devtools)
+        tab.call("Page.enable")
+        tab.call("Page.addScriptToEvaluateOnNewDocument", source=_PREFS)
         for stem, route, must_show in todo:
             out = a.out / f"{stem}.png"
-            height = tab.shoot(f"{base}/{route}", must_show, out, a.timeout)
-            print(f"{out} ({WIDTH}x{height}) {base}/{route}")
+            height, tidied = tab.shoot(f"{base}/{route}", must_show, out, a.timeout)
+            print(f"{out} ({WIDTH}x{height}) {base}/{route}" + (f" [{tidied}]" if tidied else ""))
     return 0
 
 

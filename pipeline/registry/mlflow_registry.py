@@ -43,6 +43,7 @@ RUN_TAG_RECIPE = "trtbuild.recipe"
 REDACTED = "***redacted***"
 
 _MAX_PARAM_VALUE = 6000  # MLflow's limit
+_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PER_BATCH = 100
 _RESERVED_ALIAS = re.compile(r"(?i:latest)|[vV]\d+")
 _SECRET_WORDS = frozenset(
@@ -298,8 +299,8 @@ class MlflowRegistry:
                 experiment_id = exp.experiment_id
             else:
                 try:
-                    experiment_id = client.create_experiment(
-                        experiment, artifact_location=self.artifact_root
+                    experiment_id = client.create_experiment(  # the UI's classic run view, not GenAI's
+                        experiment, artifact_location=self.artifact_root, tags=_EXPERIMENT_TAGS
                     )
                 except MlflowException as e:
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":

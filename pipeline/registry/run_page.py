@@ -137,6 +137,8 @@ def describe(*, run_id: str, experiment_id: str, recipe: str, gates: Sequence[Ga
         registered = "nothing"
     elif version is not None:
         registered = f"`{model}` version {version} (alias `{alias}`)"
+        # the UI shows ~3 lines of a description until "Show more": the verdicts go first
+        out += [f"**Released** as {registered}: {_verdict(gates)}.", ""]
     else:
         registered = f"`{model}`"
     out += [f"- bundle: `{bundle_id}`", f"- store: `{store_uri or 'not stored'}`", f"- registered: {registered}"]
@@ -151,10 +153,11 @@ def describe(*, run_id: str, experiment_id: str, recipe: str, gates: Sequence[Ga
             out += ["", "Measured on:", "", *[f"- {w}" for w in g.workloads]]
         out.append("")
     if times:
-        out += ["## Stage times", "", "| stage | seconds | |", "| --- | --- | --- |"]
-        out += [f"| {t.name} | {t.seconds:.1f} | {'cached (time of the run that made it)' if t.cached else ''} |"
+        # a list, not a table: the UI renders Markdown tables without borders or padding
+        out += ["## Stage times", ""]
+        out += [f"- {t.name}: {t.seconds:.1f} s" + (" (cached: time of the run that made it)" if t.cached else "")
                 for t in times]
-        out += [f"| total | {sum(t.seconds for t in times):.1f} | |", ""]
+        out += [f"- total: {sum(t.seconds for t in times):.1f} s", ""]
     reports = [a for a in artifacts if a.endswith(".md")]
     plots = [a for a in artifacts if a.endswith(".png")]
     if reports or plots:

@@ -117,7 +117,8 @@ def test_run_page_has_stage_times_and_gate_description(tmp_path: Path, sqlite_ur
     assert "- PASS: chat@4 output_tok_s: candidate 812, baseline 400, ratio 2.030 (must be ratio >= 1.2)" in note
     assert "chat (unique, 64 prompts, input 128 / output 64 tokens, concurrency 1, 4)" in note
     assert "gsm8k (lm-eval, n=200)" in note
-    assert "| quantize | 301.2 | cached" in note
+    assert "- quantize: 301.2 s (cached: time of the run that made it)" in note and "- build: 95.0 s\n" in note
+    assert "\n\n**Released** as `tiny-page` version 1 (alias `candidate`): accuracy PASS, throughput PASS.\n" in note
     assert str(run.data.tags["bundle_digest"]) in note and "file://" in note
     for artifact in ("gates/accuracy.md", "gates/throughput.md", "gates/throughput.png", "gates/ttft_cdf.png"):
         assert f"[{artifact}](#/experiments/{run.info.experiment_id}/runs/{run_id}/artifactPath/{artifact})" in note
