@@ -135,7 +135,7 @@ def pages(base: str, model: str | None, version: str | None, alias: str,
         if reports:
             first = reports[0]
             out.append((f"run-{run_id[:8]}-artifact-{Path(first).stem}",
-                        f"{route}/artifactPath/{urllib.parse.quote(first, safe='')}",
+                        f"{route}/artifactPath/{urllib.parse.quote(first)}",  # '/' unescaped, as the UI routes it
                         (Path(first).name, f"{Path(first).stem.capitalize()} gate")))
     return out
 
