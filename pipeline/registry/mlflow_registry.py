@@ -43,6 +43,7 @@ RUN_TAG_RECIPE = "trtbuild.recipe"
 REDACTED = "***redacted***"
 
 _MAX_PARAM_VALUE = 6000  # MLflow's limit
+_EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PER_BATCH = 100
 _RESERVED_ALIAS = re.compile(r"(?i:latest)|[vV]\d+")
 _SECRET_WORDS = frozenset(
@@ -298,8 +299,8 @@ class MlflowRegistry:
                 experiment_id = exp.experiment_id
             else:
                 try:
-                    experiment_id = client.create_experiment(
-                        experiment, artifact_location=self.artifact_root
+                    experiment_id = client.create_experiment(  # the UI's classic run view, not GenAI's
+                        experiment, artifact_location=self.artifact_root, tags=_EXPERIMENT_TAGS
                     )
                 except MlflowException as e:
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -347,10 +348,12 @@ class MlflowRegistry:
         bundle_id: str,
         tags: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        description: str | None = None,
     ) -> int:
         """Register the bundle stored at `store_uri` as a version; the same digest -> same version.
 
         `tags`: recipe_digest, gate verdicts (`gate.<name>`: pass/fail), git_commit, ...
+        `description`: Markdown on the version's page (set when the version is created).
         """
         check_name(model_name, "registered model")
         with self.errors(f"register model '{model_name}'"):
@@ -367,7 +370,7 @@ class MlflowRegistry:
             )
         with self.errors(f"create a version of '{model_name}'"):
             mv = self.client.create_model_version(
-                model_name, source=store_uri, run_id=run_id, tags=all_tags
+                model_name, source=store_uri, run_id=run_id, tags=all_tags, description=description
             )
         return int(mv.version)
 

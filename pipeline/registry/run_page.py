@@ -113,16 +113,35 @@ def _image(run_id: str, artifact: str) -> str:
     return f"get-artifact?path={quote(artifact, safe='')}&run_uuid={run_id}"
 
 
+def _verdict(gates: Sequence[GateView]) -> str:
+    if not gates:
+        return "no gates enabled"
+    return ", ".join(f"{g.name} {'PASS' if g.passed else 'FAIL'}" for g in gates)
+
+
 def describe(*, run_id: str, experiment_id: str, recipe: str, gates: Sequence[GateView],
-             times: Sequence[StageTime], bundle_id: str, store_uri: str, model: str, version: int | None,
+             times: Sequence[StageTime], bundle_id: str, store_uri: str | None, model: str, version: int | None,
              alias: str, artifacts: Sequence[str], record: RunRecord | None = None,
              ended: float | None = None) -> str:
-    """The run's Markdown description; `artifacts` are the run's artifact paths to link."""
+    """The run's Markdown description; `artifacts` are the run's artifact paths to link.
+
+    `store_uri` None: a gate failed, the bundle was neither stored nor registered.
+    """
     overall = "PASS" if all(g.passed for g in gates) else "FAIL"
     head = f"# {recipe}: " + (f"gates {overall}" if gates else "no gates enabled")
     out = [head, ""]
-    registered = f"`{model}` version {version} (alias `{alias}`)" if version is not None else f"`{model}`"
-    out += [f"- bundle: `{bundle_id}`", f"- store: `{store_uri}`", f"- registered: {registered}"]
+    if store_uri is None:
+        # what the reviewer of a refused build must see first: nothing was released
+        out += [f"**Not released**: {_verdict(gates)}. The bundle was not stored, no version of `{model}` "
+                f"was registered and alias `{alias}` did not move.", ""]
+        registered = "nothing"
+    elif version is not None:
+        registered = f"`{model}` version {version} (alias `{alias}`)"
+        # the UI shows ~3 lines of a description until "Show more": the verdicts go first
+        out += [f"**Released** as {registered}: {_verdict(gates)}.", ""]
+    else:
+        registered = f"`{model}`"
+    out += [f"- bundle: `{bundle_id}`", f"- store: `{store_uri or 'not stored'}`", f"- registered: {registered}"]
     if record is not None and ended is not None:
         out.append(f"- pipeline run `{record.run_id}`: started {_iso(record.started)}, reached the release "
                    f"{_iso(ended)} ({ended - record.started:.1f} s)")
@@ -134,10 +153,11 @@ def describe(*, run_id: str, experiment_id: str, recipe: str, gates: Sequence[Ga
             out += ["", "Measured on:", "", *[f"- {w}" for w in g.workloads]]
         out.append("")
     if times:
-        out += ["## Stage times", "", "| stage | seconds | |", "| --- | --- | --- |"]
-        out += [f"| {t.name} | {t.seconds:.1f} | {'cached (time of the run that made it)' if t.cached else ''} |"
+        # a list, not a table: the UI renders Markdown tables without borders or padding
+        out += ["## Stage times", ""]
+        out += [f"- {t.name}: {t.seconds:.1f} s" + (" (cached: time of the run that made it)" if t.cached else "")
                 for t in times]
-        out += [f"| total | {sum(t.seconds for t in times):.1f} | |", ""]
+        out += [f"- total: {sum(t.seconds for t in times):.1f} s", ""]
     reports = [a for a in artifacts if a.endswith(".md")]
     plots = [a for a in artifacts if a.endswith(".png")]
     if reports or plots:
@@ -152,3 +172,19 @@ def describe(*, run_id: str, experiment_id: str, recipe: str, gates: Sequence[Ga
         tail = "\n\n(description cut at MLflow's limit; the gate reports under Artifacts have everything)\n"
         text = text[: _MAX_NOTE - len(tail)] + tail
     return text
+
+
+def version_note(*, recipe: str, recipe_digest: str, bundle_id: str, store_uri: str, gates: Sequence[GateView],
+                 run_id: str, experiment_id: str, git_commit: str | None = None) -> str:
+    """A registered version's Markdown description: what it is, its verdicts, the run that released it."""
+    out = [f"**{recipe}**: {_verdict(gates)}", "",
+           f"- bundle: `{bundle_id}`", f"- store: `{store_uri}`", f"- recipe digest: `{recipe_digest}`"]
+    if git_commit:
+        out.append(f"- git commit: `{git_commit}`")
+    for g in gates:
+        failed = sum(1 for ok, _ in g.lines if not ok)
+        out.append(f"- {g.name} gate: {'PASS' if g.passed else 'FAIL'} ({len(g.lines) - failed} of {len(g.lines)} "
+                   "criteria met)")
+    out += ["", f"Criteria, reports, plots and stage times: [the release run]"
+                f"(#/experiments/{experiment_id}/runs/{run_id})"]
+    return "\n".join(out) + "\n"

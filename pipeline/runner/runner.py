@@ -182,6 +182,7 @@ class Runner:
                                  f"output for this recipe ({why}); run without --from first")
             if gate_failures and stage.name in ("release", "publish"):
                 rec.reason = "a gate failed"
+                self._gates_failed(stage, rec, results)
                 continue
             result = self._execute(stage, rec, comp, fp, results, why, replace=cached is not None)
             results[stage.name] = result
@@ -190,6 +191,22 @@ class Runner:
         if gate_failures:
             raise GateFailed("; ".join(gate_failures),
                              hint="see the gate report; release and publish were not run")
+
+    def _gates_failed(self, stage: Stage, rec: StageRecord, results: dict[str, StageResult | None]) -> None:
+        """Let a held-back stage record the refusal (the release: an MLflow run with the FAIL verdicts).
+
+        Its own failure (registry down) is reported, never raised: the gate failure is the run's error."""
+        try:
+            with self._output(stage.name) as log:
+                done = stage.gates_failed(self._context(stage, results, self.artifacts))
+        except TrtbuildError as e:
+            self.reporter.info(f"{stage.name}: the failed gates were not recorded: {e.one_line()}")
+            return
+        if log is not None and log.is_file() and log.stat().st_size == 0:
+            log.unlink()
+        if done is not None:
+            line, rec.summary = done
+            self.reporter.info(f"{stage.name}: {line}")
 
     def _context(self, stage: Stage, results: dict[str, StageResult | None], workdir: Path) -> StageContext:
         inputs = {d: r for d in stage.inputs if (r := results.get(d)) is not None}

@@ -146,5 +146,10 @@ class Stage:
         """For stages with effects outside the cache: why a cached result no longer holds."""
         return None
 
+    def gates_failed(self, ctx: StageContext) -> tuple[str, dict[str, Any]] | None:
+        """Runs instead of `run` when a gate failed and this stage is held back: what it records of
+        the refusal elsewhere (a line for the operator, a summary), if anything. Never cached."""
+        return None
+
     def run(self, ctx: StageContext) -> StageOutput:
         raise NotImplementedStageError(self.name, "not implemented yet", hint="see the open issues")

@@ -29,6 +29,17 @@ class ReleaseStage(Stage):
             return "the bundle is no longer in the store"
         return None
 
+    def gates_failed(self, ctx: StageContext) -> tuple[str, dict[str, Any]] | None:
+        """A failed gate still leaves an MLflow run (status FAILED, FAIL verdicts, reports); no version."""
+        from pipeline.registry.release_run import record_refusal
+
+        if "build" not in ctx.inputs:
+            return None
+        run_id = record_refusal(ctx)
+        r = ctx.recipe.release
+        return (f"gate-failed run {run_id} recorded in MLflow {r.registry} (experiment '{r.experiment}'); "
+                f"no version of {r.model_name} registered", {"run_id": run_id, "registered": False})
+
     def run(self, ctx: StageContext) -> StageOutput:
         from pipeline.registry.mlflow_registry import open_registry
         from pipeline.store import open_store
@@ -48,43 +59,30 @@ class ReleaseStage(Stage):
                  if name in ctx.inputs and ctx.inputs[name].passed is not None}
         registry = open_registry(r.registry)
         from pipeline.registry import run_page
+        from pipeline.registry.release_run import log_pipeline
 
-        times = run_page.stage_times(ctx.earlier, ctx.run)
         # the declared recipe: environment values (endpoints, secrets) never reach MLflow
         with registry.start_run(r.experiment, ctx.recipe.name, params=ctx.loaded.declared,
                                 tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest},
                                 started=ctx.run.started if ctx.run is not None else None) as run:
-            metrics: dict[str, float] = run_page.stage_metrics(times) if times else {}
-            logged: list[str] = []
-            views = []
-            for name in run_page.GATES:
-                res = ctx.inputs.get(name)
-                # a disabled gate's result has no directory (Path() would be the cwd)
-                if res is not None and res.fingerprint != "disabled":
-                    metrics.update({f"{name}.{k}": float(v) for k, v in (res.summary.get("metrics") or {}).items()
-                                    if isinstance(v, int | float)})
-                    for f in sorted({*res.dir.glob(f"{name}*"), *res.dir.glob("*.png")}):
-                        run.log_artifact(f, "gates")
-                        logged.append(f"gates/{f.name}")
-                    if res.passed is not None:
-                        views.append(run_page.gate_view(name, res))
-            if metrics:
-                run.log_metrics(metrics)
-            run.log_artifact(bundle_dir / "manifest.json", "bundle")
-            run.log_artifact(ctx.loaded.path, "recipe")
+            logged = log_pipeline(ctx, run, bundle_dir)
             # the bundle's own record (the build stage's summary has no provenance)
             git = load_bundle(bundle_dir, verify=False).manifest["provenance"].get("git_commit")
             version = registry.register_bundle(
                 r.model_name, stored.uri, bundle_id, run_id=run.run_id,
                 tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest, "git_commit": git or "",
-                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()}})
+                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()}},
+                description=run_page.version_note(
+                    recipe=ctx.recipe.name, recipe_digest=ctx.loaded.digest, bundle_id=bundle_id,
+                    store_uri=stored.uri, gates=logged.views, run_id=run.run_id, experiment_id=run.experiment_id,
+                    git_commit=git))
             registry.set_alias(r.model_name, r.alias, version)
             ended = time.time()
             note = run_page.describe(
-                run_id=run.run_id, experiment_id=run.experiment_id, recipe=ctx.recipe.name, gates=views,
-                times=times, bundle_id=bundle_id, store_uri=stored.uri, model=r.model_name, version=version,
-                alias=r.alias, artifacts=logged, record=ctx.run, ended=ended)
-            run.set_tags({run_page.NOTE_TAG: note, **run_page.stage_tags(times, ctx.run, ended)})
+                run_id=run.run_id, experiment_id=run.experiment_id, recipe=ctx.recipe.name, gates=logged.views,
+                times=logged.times, bundle_id=bundle_id, store_uri=stored.uri, model=r.model_name,
+                version=version, alias=r.alias, artifacts=logged.artifacts, record=ctx.run, ended=ended)
+            run.set_tags({run_page.NOTE_TAG: note, **run_page.stage_tags(logged.times, ctx.run, ended)})
         ctx.reporter.info(f"registered {r.model_name} version {version} with alias '{r.alias}'")
         return StageOutput(outputs={"bundle_uri": stored.uri},
                            summary={"bundle_id": bundle_id, "store_uri": stored.uri, "model": r.model_name,

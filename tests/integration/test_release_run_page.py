@@ -64,8 +64,7 @@ def _throughput(tmp_path: Path) -> StageResult:
                    summary={"failed": [], "metrics": {"candidate.chat.c4.output_tok_s": 812.0}})
 
 
-def _release(tmp_path: Path, uri: str, *, accuracy_passed: bool = True,
-             gates: bool = True) -> tuple[MlflowRegistry, str]:
+def _context(tmp_path: Path, uri: str, *, accuracy_passed: bool = True, gates: bool = True) -> StageContext:
     (tmp_path / "src").mkdir()
     recipe = {
         "name": "tiny-page", "source": {"path": "src", "dtype": "float32"}, "target": {"gpu": "cpu"},
@@ -91,9 +90,13 @@ def _release(tmp_path: Path, uri: str, *, accuracy_passed: bool = True,
                        stages=[StageRecord(n) for n in STAGE_ORDER], started=time.time() - 700)
     for name in earlier:
         record.stage(name).status = "skipped" if name == "quantize" else "done"
-    ctx = StageContext(loaded=loaded, workdir=tmp_path / "work", inputs={k: earlier[k] for k in ReleaseStage.inputs},
-                       artifacts=tmp_path / "artifacts", reporter=NullReporter(), earlier=earlier, run=record)
-    out = ReleaseStage().run(ctx)
+    return StageContext(loaded=loaded, workdir=tmp_path / "work", inputs={k: earlier[k] for k in ReleaseStage.inputs},
+                        artifacts=tmp_path / "artifacts", reporter=NullReporter(), earlier=earlier, run=record)
+
+
+def _release(tmp_path: Path, uri: str, *, accuracy_passed: bool = True,
+             gates: bool = True) -> tuple[MlflowRegistry, str]:
+    out = ReleaseStage().run(_context(tmp_path, uri, accuracy_passed=accuracy_passed, gates=gates))
     return MlflowRegistry(uri), str(out.summary["run_id"])
 
 
@@ -114,13 +117,22 @@ def test_run_page_has_stage_times_and_gate_description(tmp_path: Path, sqlite_ur
     assert "- PASS: chat@4 output_tok_s: candidate 812, baseline 400, ratio 2.030 (must be ratio >= 1.2)" in note
     assert "chat (unique, 64 prompts, input 128 / output 64 tokens, concurrency 1, 4)" in note
     assert "gsm8k (lm-eval, n=200)" in note
-    assert "| quantize | 301.2 | cached" in note
+    assert "- quantize: 301.2 s (cached: time of the run that made it)" in note and "- build: 95.0 s\n" in note
+    assert "\n\n**Released** as `tiny-page` version 1 (alias `candidate`): accuracy PASS, throughput PASS.\n" in note
     assert str(run.data.tags["bundle_digest"]) in note and "file://" in note
     for artifact in ("gates/accuracy.md", "gates/throughput.md", "gates/throughput.png", "gates/ttft_cdf.png"):
         assert f"[{artifact}](#/experiments/{run.info.experiment_id}/runs/{run_id}/artifactPath/{artifact})" in note
     assert f"![gates/throughput.png](get-artifact?path=gates%2Fthroughput.png&run_uuid={run_id})" in note
     logged = {f.path for f in registry.client.list_artifacts(run_id, "gates")}
     assert {"gates/throughput.png", "gates/ttft_cdf.png", "gates/accuracy.md"} <= logged
+    # the version's page says what it is and links back to this run
+    mv = registry.client.get_model_version("tiny-page", "1")
+    assert mv.run_id == run_id
+    assert mv.description.startswith("**tiny-page**: accuracy PASS, throughput PASS\n")
+    assert f"- bundle: `{run.data.tags['bundle_digest']}`" in mv.description
+    assert "- accuracy gate: PASS (2 of 2 criteria met)" in mv.description
+    assert "- git commit: `abc`" in mv.description
+    assert f"[the release run](#/experiments/{run.info.experiment_id}/runs/{run_id})" in mv.description
 
 
 def test_a_failing_gate_shows_fail(tmp_path: Path, sqlite_uri: str) -> None:  # noqa: F811
@@ -144,3 +156,27 @@ def test_disabled_gates_log_nothing_from_the_cwd(tmp_path: Path, sqlite_uri: str
     assert run.data.tags[NOTE_TAG].startswith("# tiny-page: no gates enabled")
     assert "gates" not in {f.path for f in registry.client.list_artifacts(run_id)}
     assert "stage.accuracy.seconds" not in run.data.metrics and "stage.build.seconds" in run.data.metrics
+
+
+def test_a_failed_gate_records_a_failed_run_and_no_version(tmp_path: Path, sqlite_uri: str) -> None:  # noqa: F811
+    """What the runner calls instead of the release when a gate failed: the reviewer finds the FAIL
+    verdict, the criteria and the reports in MLflow; nothing is stored or registered."""
+    ctx = _context(tmp_path, sqlite_uri, accuracy_passed=False)
+    line, summary = ReleaseStage().gates_failed(ctx) or ("", {})
+    run_id = str(summary["run_id"])
+    assert summary["registered"] is False and run_id in line and "no version of tiny-page" in line
+    registry = MlflowRegistry(sqlite_uri)
+    run = registry.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    note = run.data.tags[NOTE_TAG]
+    assert note.startswith("# tiny-page: gates FAIL\n\n**Not released**: accuracy FAIL, throughput PASS.")
+    assert "- **FAIL**: gsm8k accuracy drop (points) = 6.2 (must be <= 1.5) n=200" in note
+    assert "- store: `not stored`" in note and "- registered: nothing" in note
+    assert run.data.metrics["stage.total.seconds"] == sum(SECONDS.values())
+    logged = {f.path for f in registry.client.list_artifacts(run_id, "gates")}
+    assert {"gates/accuracy.md", "gates/accuracy.json", "gates/throughput.png"} <= logged
+    assert registry.client.search_model_versions("name='tiny-page'") == []
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("manifest.json"))
+    # re-running the same failed pipeline (verdicts from the cache) does not add a second run
+    assert ReleaseStage().gates_failed(ctx) == (line, summary)
+    assert len(registry.client.search_runs([run.info.experiment_id])) == 1

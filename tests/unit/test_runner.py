@@ -233,3 +233,45 @@ def test_a_stage_sees_every_earlier_result_and_the_run_record(project: Path) -> 
     assert ctx.run is record and ctx.run.stage("fetch").status == "skipped"
     # a cached stage keeps the time of the run that made it
     assert ctx.earlier["fetch"].seconds == first.stage("fetch").seconds > 0
+
+
+class RecordsRefusal(Unimplemented):
+    """A release that records a refusal (as the real one does in MLflow), or fails to."""
+
+    seen: ClassVar[list[bool | None]] = []
+    broken: ClassVar[bool] = False
+
+    def gates_failed(self, ctx: StageContext) -> tuple[str, dict[str, object]] | None:
+        from pipeline.errors import RegistryError
+
+        if self.broken:
+            raise RegistryError("MLflow server http://127.0.0.1:9 is not reachable")
+        self.seen.append(ctx.inputs["accuracy"].passed)
+        return "refusal recorded", {"run_id": f"r{len(self.seen)}"}
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_failed_gate_lets_the_release_record_the_refusal(project: Path, broken: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed gate: release's run() never runs, its gates_failed() does (fresh or cached verdict);
+    a registry that is down is reported and the gate failure stays the run's error."""
+    monkeypatch.setattr(RecordsRefusal, "seen", [])
+    monkeypatch.setattr(RecordsRefusal, "broken", broken)
+    write_recipe(project, limit=5)
+    loaded = load_recipe(project / "r.yaml", env={})
+    for _ in range(2):  # the second run has the failing verdict from the cache
+        runner = Runner(loaded, artifacts=project / "artifacts", stages=[*runner_stages.stages(), RecordsRefusal()])
+        with pytest.raises(GateFailed, match="size 18 >= 5"):
+            runner.run()
+        rec = runner.last_record
+        assert rec is not None and rec.stage("release").status == "not-run"
+        assert rec.stage("release").reason == "a gate failed"
+    assert RecordsRefusal.seen == ([] if broken else [False, False])
+    assert rec.stage("release").summary == ({} if broken else {"run_id": "r2"})
+    # a passing gate: run() is what runs (Unimplemented's), gates_failed() is not called
+    write_recipe(project, limit=10_000)
+    runner = Runner(load_recipe(project / "r.yaml", env={}), artifacts=project / "artifacts",
+                    stages=[*runner_stages.stages(), RecordsRefusal()])
+    with pytest.raises(NotImplementedStageError):
+        runner.run()
+    assert RecordsRefusal.seen == ([] if broken else [False, False])
