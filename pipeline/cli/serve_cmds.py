@@ -23,6 +23,10 @@ SERVER_REPO = click.option("--server-repository", default=None,
                                 "rendered engine/tokenizer/checkpoint paths (default: --repository, absolute).")
 
 
+LEASE_TIMEOUT = click.option("--lease-timeout", type=float, default=None,
+                             help="Seconds to wait for another writer of the model (its lease) before failing "
+                                  "with a line that names it (default: the load timeout, 300).")
+
 @click.command()
 @REPO
 @click.option("--http-port", type=int, default=8000, show_default=True)
@@ -81,9 +85,11 @@ SWITCH = click.option(
                    "(default: $TRTBUILD_STORE).")
 @SERVER_REPO
 @SWITCH
+@LEASE_TIMEOUT
 @common
 def publish(bundle: Path, model: str, repository: str, server_url: str | None, keep: int, target: str | None,
-            store: str | None, server_repository: str | None, switch: str, json_mode: bool) -> None:
+            store: str | None, server_repository: str | None, switch: str, lease_timeout: float | None,
+            json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
     from pipeline.repository.publish import publish_bundle
@@ -91,7 +97,7 @@ def publish(bundle: Path, model: str, repository: str, server_url: str | None, k
     out = Output(json_mode=json_mode)
     facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
     res = publish_bundle(bundle, repository, model, facts=facts, keep=keep, server_url=server_url, store=store,
-                         server_repository=server_repository, switch=switch)
+                         server_repository=server_repository, switch=switch, lease_timeout=lease_timeout)
     out.result(res.to_json())
     out.human(f"published {model} version {res.version} (bundle {res.bundle_id[:12]})"
               + (" and switched the server" if res.switched else ""))
@@ -110,10 +116,11 @@ def publish(bundle: Path, model: str, repository: str, server_url: str | None, k
 @click.option("--triton/--no-triton", default=True, help="Change what Triton serves (default on).")
 @SERVER_REPO
 @SWITCH
+@LEASE_TIMEOUT
 @common
 def rollback(model: str, to_version: int | None, repository: str, server_url: str | None, registry: str | None,
              registered_model: str | None, triton: bool, server_repository: str | None, switch: str,
-             json_mode: bool) -> None:
+             lease_timeout: float | None, json_mode: bool) -> None:
     """Serve the previous (or --to) version of MODEL again, through load, ready and smoke.
 
     A version pruned from the repository is fetched back from the store it was published
@@ -133,7 +140,7 @@ def rollback(model: str, to_version: int | None, repository: str, server_url: st
         from pipeline.repository.publish import rollback as do_rollback
 
         res = do_rollback(repository, model, server_url=server_url, to=to_version,
-                          server_repository=server_repository, switch=switch)
+                          server_repository=server_repository, switch=switch, lease_timeout=lease_timeout)
         result["triton"] = res.to_json()
         fetched = " (fetched from the store)" if res.fetched else ""
         out.human(f"{model}: serving version {res.version}{fetched} (was {res.previous})")

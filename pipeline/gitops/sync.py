@@ -142,7 +142,7 @@ def fetch_bundle(store_uri: str, bundle_id: str, cache: Path) -> Path:
 
 # --------------------------------------------------------------------------- sync
 def sync(state: DesiredState, *, dry_run: bool = False, server_url: str | None = None,
-         cache: Path = BUNDLE_CACHE, load_timeout: float = 300.0) -> SyncResult:
+         cache: Path = BUNDLE_CACHE, load_timeout: float = 300.0, lease_timeout: float | None = None) -> SyncResult:
     """Reconcile every model of `state`; never raises for one model's failure (see .failed)."""
     from pipeline.bundle import detect_runtime, facts_for_target
     from pipeline.registry.mlflow_registry import open_registry
@@ -158,7 +158,9 @@ def sync(state: DesiredState, *, dry_run: bool = False, server_url: str | None =
         ms = ModelSync(name, m.selector)
         out.models.append(ms)
         try:
-            with repo.writer(name, load_timeout):  # one writer per model, around all of its changes
+            # one writer per model, around all of its changes; another sync of it waits, then
+            # sees what that one did (in-sync) instead of applying the same change twice
+            with repo.writer(name, load_timeout if lease_timeout is None else lease_timeout):
                 _sync_model(ms, state, name, m, registry, repo, facts, url, dry_run, cache, load_timeout)
         except TrtbuildError as e:
             ms.action, ms.error = "error", e.one_line()

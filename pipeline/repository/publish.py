@@ -131,13 +131,15 @@ def publish_bundle(bundle_dir: Path, repository: Repository, model: str, *, fact
                    server_url: str | None = None, load_timeout: float = 300.0,
                    smoke_prompt: str = "The capital of France is", instances: int = 1,
                    store: str | None = None, server_repository: str | None = None,
-                   options: ServingOptions | None = None, switch: str = "side-by-side") -> Published:
+                   options: ServingOptions | None = None, switch: str = "side-by-side",
+                   lease_timeout: float | None = None) -> Published:
     """Publish `bundle_dir` as the next version of `model` in `repository` (a directory,
     s3://bucket/prefix, or an open ModelRepository).
 
     `store`: the bundle store URI the bundle was released to, recorded so rollback can fetch the
     version after it was pruned. `server_repository`: the repository's path as the server sees it
     (a container mount), used in rendered paths; default: the repository's own absolute path.
+    `lease_timeout`: how long to wait for another writer of `model` (default `load_timeout`).
     `switch` (pipeline/gpu/schedule.py picks it): side-by-side loads the new version beside the
     serving one; drain unloads the serving one first (for models of which two copies do not fit
     on the GPUs); rolling writes the repository only (replicas restart into it one at a time).
@@ -150,7 +152,7 @@ def publish_bundle(bundle_dir: Path, repository: Repository, model: str, *, fact
     repo.check_bundle(bundle)
     if switch == "rolling":
         server_url = None  # replicas restart into the new version; nothing is loaded through an API
-    with repo.writer(model, load_timeout):
+    with repo.writer(model, load_timeout if lease_timeout is None else lease_timeout):
         existing = repo.version_of(model, bundle.id)
         previous = repo.served_versions(model)
         if existing is not None and existing in previous and not server_url:
@@ -259,7 +261,8 @@ def _unload(control: Any, names: list[str]) -> None:
 
 def rollback(repository: Repository, model: str, *, server_url: str | None, to: int | None = None,
              load_timeout: float = 300.0, smoke_prompt: str = "The capital of France is",
-             server_repository: str | None = None, switch: str = "side-by-side") -> Published:
+             server_repository: str | None = None, switch: str = "side-by-side",
+             lease_timeout: float | None = None) -> Published:
     """Serve the previous (or the given) version again, through the same load/ready/smoke path
     and the same switch strategy as publish.
 
@@ -270,7 +273,7 @@ def rollback(repository: Repository, model: str, *, server_url: str | None, to: 
     check_name(model, "model")
     repo = open_repository(repository)
     _check_switch(repo, switch)
-    with repo.writer(model, load_timeout):
+    with repo.writer(model, load_timeout if lease_timeout is None else lease_timeout):
         served = repo.served_versions(model)
         if not served:
             raise ServiceError(f"model '{model}' has no served version in {repo.uri}")

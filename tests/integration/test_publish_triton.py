@@ -9,7 +9,10 @@ s3://bucket/prefix (tests/integration/repo_targets.py); server-only cases run on
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,12 +32,14 @@ from pipeline.store import open_store
 from pipeline.triton.client import LLMClient
 from pipeline.triton.server import TritonServer
 from pipeline.util.hashing import iter_content_files, sha256_file
+from tests.conftest import ROOT
 from tests.integration.repo_targets import *  # noqa: F403 - fixtures
 from tests.integration.repo_targets import KINDS, RepoTarget
 from tests.integration.services_fixtures import *  # noqa: F403 - fixtures
 from tests.integration.services_fixtures import S3Service
 from tests.tiny_model import save_tiny_checkpoint
 from tests.triton_bundles import recipe, tensorrt_bundle
+from tests.unit.lease_worker import Worker
 
 pytestmark = pytest.mark.integration
 CPU = facts_for_target("cpu")
@@ -356,3 +361,68 @@ def test_s3_repository_refuses_drain_and_non_reference_bundles(bundles: dict[str
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["repository"] == uri
     assert open_repository(uri).served_versions(MODEL) == [1]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli.__main__", *args], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_holder(repo: ModelRepository, model: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while repo.lease(model).holder() is None:
+        assert time.monotonic() < deadline, f"nobody took the lease on {model}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_two_publishes_at_once_one_writes_the_other_waits(target: RepoTarget, bundles: dict[str, Path]) -> None:
+    """Two `trtbuild publish` processes on one model: the second starts while the first holds the
+    lease; it waits, then publishes the next version. A client streams throughout: 0 failures."""
+    repo, url, model = target.uri, target.url, "race"
+    publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
+    with Load(url, model) as load:
+        first = cli("publish", str(bundles["v2"]), "--model", model, "--repository", repo, "--server-url", url,
+                    "--json")
+        wait_for_holder(target.repo, model)
+        second = cli("publish", str(bundles["v3"]), "--model", model, "--repository", repo, "--server-url", url,
+                     "--json")
+        out1, err1 = first.communicate(timeout=300)
+        out2, err2 = second.communicate(timeout=300)
+    assert first.returncode == 0, err1[-2000:]
+    assert second.returncode == 0, err2[-2000:]
+    assert "waiting for lease on race held by" in err2, err2[-2000:]
+    assert (json.loads(out1)["version"], json.loads(out2)["version"]) == (2, 3)
+    assert load.errors == [] and collapse(load.versions) == [1, 2, 3]
+    assert target.repo.served_versions(model) == [3]
+    for v, b in ((1, "v1"), (2, "v2"), (3, "v3")):
+        assert target.repo.bundle_id(model, v) == sha256_file(bundles[b] / "manifest.json")
+    assert target.repo.lease(model).holder() is None  # released
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_a_writer_that_cannot_get_the_lease_fails_naming_the_holder(target: RepoTarget, bundles: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    repo, url, model = target.uri, target.url, "held"
+    publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=url)
+    where = ["s3", *repo.removeprefix("s3://").split("/", 1), model] if target.s3 else ["dir", repo, model]
+    holder = Worker(*where, "--hold", "60", "--ttl", "10",
+                    env={"TRTBUILD_LEASE_OWNER": "nightly-ci", **(target.s3.env() if target.s3 else {})})
+    try:
+        got = holder.wait_for("acquired", timeout=60)
+        def files() -> dict[str, bytes]:  # the lease's own object changes: the holder renews it
+            return {k: v for k, v in target.snapshot().items() if not k.endswith(".trtbuild-lease")}
+
+        before = files()
+        for args in (("publish", str(bundles["v2"]), "--model", model), ("rollback", model, "--to", "1")):
+            p = cli(*args, "--repository", repo, "--server-url", url, "--lease-timeout", "1")
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 1, err[-2000:]
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            assert "Traceback" not in err and len(lines) <= 3, err[-2000:]
+            assert f"nightly-ci@{got['holder']['host']} pid {got['holder']['pid']}" in err, err
+            assert files() == before  # nothing written
+    finally:
+        holder.kill()
+    assert served_version(url, model) == 1
