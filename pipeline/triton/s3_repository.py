@@ -32,6 +32,7 @@ from pipeline.triton.publish import Published, smoke_check
 from pipeline.triton.render import REFERENCE_SHIM
 from pipeline.triton.repository import RepositoryError, parse_config, reference_config, render_config
 from pipeline.util.hashing import iter_content_files, sha256_bytes
+from pipeline.util.s3_newer import put_newer
 
 CONFIG = "config.pbtxt"
 
@@ -163,7 +164,11 @@ class S3Config:
         return data
 
     def write(self, data: bytes) -> None:
-        self.repo.write(data, self.model, CONFIG)
+        # Later than every object of the model, or Triton takes the reload for a no-op
+        # (whole-second Last-Modified: pipeline/util/s3_newer.py)
+        with self.repo.errors("write"):
+            put_newer(self.repo.client, self.repo.bucket, self.repo.key(self.model, CONFIG), data,
+                      prefix=self.repo.key(self.model) + "/")
 
     def lock(self, timeout: float) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()  # one writer per model: CI's concurrency group
