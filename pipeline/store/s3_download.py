@@ -38,6 +38,8 @@ class DownloadCancelledError(Exception):
 def fetch_hashed(client: Any, bucket: str, key: str, path: Path, *, progress: TransferProgress,
                  retryable: tuple[type[BaseException], ...], cancelled: threading.Event) -> str:
     """Stream s3://bucket/key into `path`, hashing each block on the way; the hex sha256."""
+    if cancelled.is_set():
+        raise DownloadCancelledError(key)
     sha = hashlib.sha256()
     done = 0
     etag: str | None = None
