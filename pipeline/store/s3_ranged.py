@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.store.base import TransferProgress
 from pipeline.store.s3_download import ATTEMPTS, BLOCK, DownloadCancelledError
 
-PART = 8 << 20  # boto3's multipart_chunksize default: the request size SeaweedFS and S3 serve well
+PART = 16 << 20  # the upload part size too; 8 MiB (boto3's) cost 13% more client CPU in requests
 HASH_BUFFER = 1 << 20
 
 
