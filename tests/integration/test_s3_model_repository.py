@@ -29,7 +29,7 @@ __all__ = ["released", "s3_env", "s3_uri", "seaweed_s3", "start_triton", "triton
 
 
 def own_bucket(svc: S3Service) -> str:
-    """A fresh bucket for one repository: Triton needs small buckets (check_bucket_size)."""
+    """A fresh bucket for one repository, apart from other tests' objects."""
     import uuid
 
     name = f"triton-{uuid.uuid4().hex[:12]}"
