@@ -7,9 +7,8 @@ compresses or dedupes) and measures, in the same run:
 
   ours    S3BundleStore.put / .get: local sha256 check of every file before the upload, one
           transfer manager for all files (parallel parts across files), sha256 metadata, the
-          manifest last; on the way down 16 MiB ranged parts written in place by `concurrency`
-          threads, each file hashed in order right behind its parts (small files: one hashed
-          stream), verified against the manifest.
+          manifest last; on the way down one stream per file (files in parallel), each hashed
+          as its bytes arrive and verified against the manifest.
   boto3   client.upload_file / download_file with boto3's default TransferConfig, file after
           file, no verification at all.
 

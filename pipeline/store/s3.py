@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from pipeline.store.base import (
     check_bundle_id,
 )
 from pipeline.store.s3_download import fetch_hashed
-from pipeline.store.s3_ranged import PART, fetch_ranged
 
 MiB = 1 << 20
 SHA256_META = "sha256"
@@ -374,9 +373,8 @@ class S3BundleStore(BundleStore):
     def _fetch_files(
         self, bundle_id: str, files: tuple[FileEntry, ...], dest: Path, progress: TransferProgress
     ) -> Generator[tuple[FileEntry, Path, str | None], None, None]:
-        """`concurrency` threads, largest file first: a file of up to one PART is one stream hashed
-        as its bytes arrive (s3_download.py); a larger one goes in ranged parts written in place,
-        hashed in order right behind them while in the page cache (s3_ranged.py)."""
+        """One stream per file, `concurrency` files at a time (largest first), each hashed as its
+        bytes arrive (s3_download.py): the sha256 comes with the file, nothing reads it back."""
         from botocore.exceptions import (
             ConnectionClosedError,
             IncompleteReadError,
@@ -390,38 +388,31 @@ class S3BundleStore(BundleStore):
         client = self.client
         cancelled = threading.Event()
 
-        def fetch(entry: FileEntry) -> str:
-            return fetch_hashed(client, self.bucket, self._file_key(bundle_id, entry.path), dest / entry.path,
-                                progress=progress, retryable=retryable, cancelled=cancelled)
+        def fetch(entry: FileEntry) -> tuple[FileEntry, Path, str | None]:
+            path = dest / entry.path
+            digest = fetch_hashed(client, self.bucket, self._file_key(bundle_id, entry.path), path,
+                                  progress=progress, retryable=retryable, cancelled=cancelled)
+            return entry, path, digest
 
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-get")
-        futures: dict[Future[str], FileEntry] = {}
+        futures = {pool.submit(fetch, f): f for f in sorted(files, key=lambda f: -f.size)}
         try:
             with self._errors("get"):
-                rel = ""  # the file the error below is about
-                try:
-                    for f in sorted(files, key=lambda f: -f.size):
-                        rel = f.path
-                        if f.size > PART:
-                            futures[fetch_ranged(client, self.bucket, self._file_key(bundle_id, f.path),
-                                                 dest / f.path, f.size, pool=pool, progress=progress,
-                                                 retryable=retryable, cancelled=cancelled)] = f
-                        else:
-                            futures[pool.submit(fetch, f)] = f
-                    for fut in as_completed(futures):
-                        rel = futures[fut].path
-                        yield futures[fut], dest / rel, fut.result()
-                except Exception as e:
-                    if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
-                        raise StoreError(
-                            f"{rel}: {self.object_uri(bundle_id, rel)} is missing from the "
-                            "store although the manifest lists it; delete the bundle and "
-                            "release it again"
-                        ) from None
-                    raise
+                for fut in as_completed(futures):
+                    try:
+                        yield fut.result()
+                    except Exception as e:
+                        if _code(e) in _NOT_FOUND_CODES or _status(e) == 404:
+                            rel = futures[fut].path
+                            raise StoreError(
+                                f"{rel}: {self.object_uri(bundle_id, rel)} is missing from the "
+                                "store although the manifest lists it; delete the bundle and "
+                                "release it again"
+                            ) from None
+                        raise
         finally:
             cancelled.set()  # stops the streams in flight when a file failed or a check did
-            pool.shutdown(wait=True)  # queued tasks see `cancelled` and end at once (a part closes its fd)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _list_ids(self) -> list[str]:
         base = self._key(BUNDLES_DIR) + "/"
