@@ -27,6 +27,7 @@ from pipeline.repository.lease import Lease
 from pipeline.repository.lease_s3 import S3Lease
 from pipeline.repository.render import BUNDLE_DIR
 from pipeline.util.hashing import iter_content_files
+from pipeline.util.s3_newer import put_newer
 
 
 class S3Repository(ModelRepository):
@@ -108,7 +109,12 @@ class S3Repository(ModelRepository):
     def _put(self, step: str, data: bytes, *parts: str | int) -> None:
         self._write_step(step)
         with self.errors("write"):
-            self.client.put_object(Bucket=self.bucket, Key=self.key(*parts), Body=data)
+            if len(parts) == 2 and parts[1] == CONFIG:
+                # Later than every object of the model, or Triton takes the reload for a no-op
+                # (whole-second Last-Modified: pipeline/util/s3_newer.py)
+                put_newer(self.client, self.bucket, self.key(*parts), data, prefix=self.key(parts[0]) + "/")
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=self.key(*parts), Body=data)
 
     def write_file(self, step: str, data: bytes, model: str, *parts: str) -> None:
         self._put(step, data, model, *parts)  # a PUT replaces an object atomically

@@ -5,9 +5,8 @@ once per kind: `@pytest.mark.parametrize("target", KINDS, indirect=True)`.
     s3         s3://<own bucket>/repo on the session's SeaweedFS; the tritonserver reads it itself
 
 One server per kind per test module (module scope), started only when a test of that kind runs.
-Each module gets a bucket of its own: tritonserver 2.51's S3 reload stops finding new version
-directories in a bucket of over ~1,000 objects (check_bucket_size), and the session bucket fills
-up with other tests' objects (open finding, README: S3 model repositories).
+Each module gets a bucket of its own, apart from other tests' objects: Triton walks every object
+under the repository on each load (no object-count limit was found; README: S3 model repositories).
 
 A test module that uses these imports the fixtures: `from tests.integration.repo_targets import *`.
 """
@@ -32,7 +31,7 @@ __all__ = ["KINDS", "RepoTarget", "dir_target", "own_bucket", "s3_env", "s3_targ
 
 
 def own_bucket(svc: S3Service) -> str:
-    """A fresh bucket for one repository: Triton needs small buckets (check_bucket_size)."""
+    """A fresh bucket for one repository, apart from other tests' objects."""
     name = f"triton-{uuid.uuid4().hex[:12]}"
     svc.client().create_bucket(Bucket=name)
     return name
