@@ -251,3 +251,14 @@ def test_body_time_is_taken_when_the_bytes_arrive() -> None:
         assert (await done).status == 200
 
     asyncio.run(go())
+
+
+def test_a_point_measured_in_a_child_process_comes_back_whole() -> None:
+    from pipeline.bench.isolated import measure_in_child
+
+    with paced_server("--fail-every", "5") as url:
+        point = measure_in_child(TritonEndpoint(url, "m", name="cand"), ["p"] * 10, output_len=3, concurrency=2,
+                                 workload="w", warmup=0)
+    assert (point.endpoint, point.workload, point.requests, point.failed) == ("cand", "w", 10, 2)
+    assert point.output_tokens == 8 * 3 and len(point.ttft_samples) == 8
+    assert "planted failure" in point.errors[0]
