@@ -3,17 +3,23 @@
 It speaks OpenAI completions streaming (vLLM, trtllm-serve) and Triton's generate_stream (SSE),
 records a timestamp per streamed chunk, and counts output tokens from the server (OpenAI
 `usage`, Triton `output_token_count`), never by re-tokenizing text.
+
+It is light on purpose (a client's own overhead shows up as TTFT and caps the throughput it can
+measure): bytes come through pipeline/bench/http.py with their arrival time, and each event is
+read with a few byte searches; `json.loads` runs only where those cannot decide (the usage
+message, an error, an unusual shape), and then decides exactly as a full parse would.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
+from pipeline.bench.http import HTTPError, Session
 
 
 @dataclass
@@ -51,20 +57,117 @@ class RequestRecord:
 
 class Endpoint(Protocol):
     name: str
+    base_url: str
 
-    async def stream(self, session: aiohttp.ClientSession, prompt: str, max_tokens: int) -> RequestRecord: ...
+    async def stream(self, session: Session, prompt: str, max_tokens: int) -> RequestRecord: ...
 
 
-async def _sse(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """Yield the data payload of each server-sent event."""
-    buf = b""
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        while b"\n\n" in buf:
-            event, buf = buf.split(b"\n\n", 1)
+class SSE:
+    """Splits a body into server-sent events and hands each `data:` payload to `on_data`.
+
+    An event is complete when its blank line arrives, so its time is the arrival time of the
+    bytes that completed it. `on_data(payload, t)` returns True to stop reading.
+    """
+
+    def __init__(self, on_data: Any) -> None:
+        self.on_data = on_data
+        self.buf = b""
+        self.last = 0.0  # arrival time of the latest bytes: a request's end
+
+    def __call__(self, data: bytes, now: float) -> bool:
+        self.last = now
+        buf = self.buf + data if self.buf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")  # a lone trailing CR waits for its LF
+        events = buf.split(b"\n\n")
+        self.buf = events.pop()
+        for event in events:
+            if event.startswith(b"data:") and b"\n" not in event:  # the usual one-line event
+                if self.on_data(event[5:].strip(), now):
+                    return True
+                continue
             for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    yield line[5:].strip().decode()
+                if line.startswith(b"data:") and self.on_data(line[5:].strip(), now):
+                    return True
+        return False
+
+
+# Inside a JSON string every quote is escaped, so `"key"` followed by a colon only matches a key.
+_TEXT = re.compile(rb'"text"\s*:\s*"(.)', re.S)
+_USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
+_COUNT = re.compile(rb'"output_token_count"\s*:\s*(\[\s*)?(\d+)\s*[\],}]')
+
+
+def openai_event(rec: RequestRecord, payload: bytes, now: float) -> bool:
+    """Read one OpenAI completions stream message into `rec`; True when the stream is over."""
+    if payload == b"[DONE]":
+        return False  # the body ends right after; reading on to its end keeps the connection
+    if b'"error"' not in payload and (b'"usage"' not in payload or _USAGE_NULL.search(payload)):
+        m = _TEXT.search(payload)
+        if m is not None and b'"choices"' in payload and m.group(1) != b'"':
+            rec.chunk_times.append(now)
+            return False
+        if m is None and b'"choices"' in payload and b'"text"' not in payload:
+            return False  # e.g. {"choices": []}: no text, no usage
+    return openai_message(rec, json.loads(payload), now)
+
+
+def openai_message(rec: RequestRecord, msg: Any, now: float) -> bool:
+    """The same as `openai_event`, from the parsed message (the definition the fast path keeps)."""
+    if msg.get("error"):
+        rec.error = str(msg["error"])[:200]
+        return True
+    choices = msg.get("choices") or []
+    if choices and choices[0].get("text"):
+        rec.chunk_times.append(now)
+    usage = msg.get("usage")
+    if usage:
+        rec.output_tokens = int(usage.get("completion_tokens") or 0)
+        rec.prompt_tokens = usage.get("prompt_tokens")
+    return False
+
+
+def triton_event(rec: RequestRecord, payload: bytes, now: float) -> bool:
+    """Read one Triton generate_stream message into `rec`; True when the stream must stop."""
+    if b'"error"' not in payload:
+        m = _COUNT.search(payload)
+        if m is not None and payload.count(b'"output_token_count"') == 1:
+            count = int(m.group(2))
+            if count:
+                rec.chunk_times.append(now)
+                rec.output_tokens += count
+            return False
+    return triton_message(rec, json.loads(payload), now)
+
+
+def triton_message(rec: RequestRecord, msg: Any, now: float) -> bool:
+    if "error" in msg:  # Triton reports stream errors inside an HTTP 200
+        rec.error = str(msg["error"])[:200]
+        return True
+    n = msg.get("output_token_count")
+    if n is None:
+        rec.error = "response lacks output_token_count; cannot count tokens without re-tokenizing"
+        return True
+    count = int(n[0] if isinstance(n, list) else n)
+    if count:
+        rec.chunk_times.append(now)
+        rec.output_tokens += count
+    return False
+
+
+async def _post(session: Session, url: str, body: dict[str, Any], rec: RequestRecord, on_data: Any) -> None:
+    """Stream one request into `rec`, turning every failure into `rec.error`."""
+    sse = SSE(on_data)
+    try:
+        resp = await session.post(url, json.dumps(body).encode(), sse)
+        if resp.status != 200:
+            rec.error = f"HTTP {resp.status}: {resp.body.decode(errors='replace')[:200]}"
+    except (ConnectionError, HTTPError, TimeoutError) as e:
+        rec.error = f"{type(e).__name__}: {e}"
+    except ValueError as e:  # a message that is not JSON (UnicodeDecodeError is one too)
+        rec.error = f"bad stream message: {e}"[:200]
+    # the end is when the last bytes came, not when this coroutine got to run again
+    rec.end = sse.last if sse.last and rec.error is None else time.perf_counter()
 
 
 @dataclass
@@ -74,34 +177,14 @@ class OpenAIEndpoint:
     name: str = "openai"
     ignore_eos: bool = True
 
-    async def stream(self, session: aiohttp.ClientSession, prompt: str, max_tokens: int) -> RequestRecord:
+    async def stream(self, session: Session, prompt: str, max_tokens: int) -> RequestRecord:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                                 "temperature": 0.0, "stream_options": {"include_usage": True}}
         if self.ignore_eos:
             body["ignore_eos"] = True
         rec = RequestRecord(start=time.perf_counter())
-        try:
-            async with session.post(f"{self.base_url.rstrip('/')}/v1/completions", json=body) as resp:
-                if resp.status != 200:
-                    rec.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
-                    return rec
-                async for data in _sse(resp):
-                    if data == "[DONE]":
-                        break
-                    msg = json.loads(data)
-                    if msg.get("error"):
-                        rec.error = str(msg["error"])[:200]
-                        break
-                    choices = msg.get("choices") or []
-                    if choices and choices[0].get("text"):
-                        rec.chunk_times.append(time.perf_counter())
-                    usage = msg.get("usage")
-                    if usage:
-                        rec.output_tokens = int(usage.get("completion_tokens") or 0)
-                        rec.prompt_tokens = usage.get("prompt_tokens")
-        except (aiohttp.ClientError, TimeoutError) as e:
-            rec.error = f"{type(e).__name__}: {e}"
-        rec.end = time.perf_counter()
+        await _post(session, f"{self.base_url.rstrip('/')}/v1/completions", body, rec,
+                    functools.partial(openai_event, rec))
         if rec.error is None and rec.output_tokens == 0:
             rec.error = "no usage in the stream (server must support stream_options.include_usage)"
         return rec
@@ -114,31 +197,11 @@ class TritonEndpoint:
     name: str = "triton"
     ignore_eos: bool = True
 
-    async def stream(self, session: aiohttp.ClientSession, prompt: str, max_tokens: int) -> RequestRecord:
-        body = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0.0}
+    async def stream(self, session: Session, prompt: str, max_tokens: int) -> RequestRecord:
+        body: dict[str, Any] = {"text_input": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0.0}
         if self.ignore_eos:
             body["ignore_eos"] = True
         rec = RequestRecord(start=time.perf_counter())
-        url = f"{self.base_url.rstrip('/')}/v2/models/{self.model}/generate_stream"
-        try:
-            async with session.post(url, json=body) as resp:
-                if resp.status != 200:
-                    rec.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
-                    return rec
-                async for data in _sse(resp):
-                    msg = json.loads(data)
-                    if "error" in msg:  # Triton reports stream errors inside an HTTP 200
-                        rec.error = str(msg["error"])[:200]
-                        break
-                    n = msg.get("output_token_count")
-                    if n is None:
-                        rec.error = "response lacks output_token_count; cannot count tokens without re-tokenizing"
-                        break
-                    count = int(n[0] if isinstance(n, list) else n)
-                    if count:
-                        rec.chunk_times.append(time.perf_counter())
-                        rec.output_tokens += count
-        except (aiohttp.ClientError, TimeoutError) as e:
-            rec.error = f"{type(e).__name__}: {e}"
-        rec.end = time.perf_counter()
+        await _post(session, f"{self.base_url.rstrip('/')}/v2/models/{self.model}/generate_stream", body, rec,
+                    functools.partial(triton_event, rec))
         return rec

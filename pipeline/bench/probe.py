@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
-import aiohttp
 import requests
 
 from pipeline.bench.client import Endpoint, OpenAIEndpoint, TritonEndpoint
+from pipeline.bench.http import Session
 from pipeline.errors import ServiceError, UsageError
 
 OTHER = {"openai": "triton", "triton": "openai"}
@@ -74,14 +74,14 @@ def preflight(ep: Endpoint, url: str, kind: str, *, timeout: float = 120.0) -> N
     """One short streamed request; raises with the reason when it does not come back whole."""
 
     async def one() -> str | None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async with Session(timeout=timeout) as session:
             rec = await ep.stream(session, "Hello", 2)
         return None if rec.ok else (rec.error or "no tokens counted")
 
     error = asyncio.run(one())
     if error is None:
         return
-    if error.startswith("ClientConnectorError"):
+    if error.startswith("ConnectionError"):
         raise ServiceError(f"{url}: cannot connect; is the server running, and is the port right?")
     if error.startswith("HTTP 404"):
         raise UsageError(f"{url}: the first {kind} request got HTTP 404 (wrong --kind, or no model "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -107,7 +106,8 @@ def bench(url: str, kind: str, model: str | None, workload_kind: str, input_len:
           tokenizer: Path | None, timeout: float, report_dir: Path | None, json_mode: bool) -> None:
     """Measure an endpoint with the throughput gate's client: TTFT, TPOT, ITL, tok/s per concurrency."""
     from pipeline.bench import probe
-    from pipeline.bench.harness import median_point, run_point
+    from pipeline.bench.harness import median_point
+    from pipeline.bench.isolated import measure_in_child
     from pipeline.bench.workload import make_prompts
 
     out = Output(json_mode=json_mode)
@@ -125,8 +125,8 @@ def bench(url: str, kind: str, model: str | None, workload_kind: str, input_len:
               f"concurrency {levels}, {trials} trial(s)")
     points, per_trial = [], {}
     for c in levels:
-        runs = [asyncio.run(run_point(ep, prompts.texts, output_len=output_len, concurrency=c,
-                                      workload=workload_kind, warmup=warmup, timeout=timeout))
+        runs = [measure_in_child(ep, prompts.texts, output_len=output_len, concurrency=c,
+                                 workload=workload_kind, warmup=warmup, timeout=timeout)
                 for _ in range(trials)]
         points.append(median_point(runs))
         per_trial[str(c)] = [p.output_tok_s for p in runs]

@@ -13,7 +13,6 @@ each take most of a GPU's memory) runs the baseline's whole sweep, stops it, the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -118,7 +117,8 @@ class ThroughputStage(Stage):
                ) -> tuple[dict[str, dict[tuple[str, int], Any]], dict[str, dict[str, list[float]]]]:
         """Every (workload, concurrency) point on each side's endpoint, trials alternating between the
         sides when there are two; the median trial per side and point, and every trial's tok/s."""
-        from pipeline.bench.harness import median_point, run_point
+        from pipeline.bench.harness import median_point
+        from pipeline.bench.isolated import measure_in_child
 
         cfg = ctx.recipe.gates.throughput
         names = [side for side, _ in sides]
@@ -132,10 +132,11 @@ class ThroughputStage(Stage):
                     trials: dict[str, list[Any]] = {side: [] for side in names}
                     for t in range(cfg.trials):
                         for side, endpoint in sides if t % 2 == 0 else sides[::-1]:
-                            trials[side].append(asyncio.run(run_point(
+                            # the client in a process of its own: this one has progress threads
+                            trials[side].append(measure_in_child(
                                 endpoint, prompts[w.name].texts, output_len=w.output_len, concurrency=c,
                                 workload=w.name, warmup=cfg.warmup_requests, slo_ttft=cfg.slo_ttft_s,
-                                slo_tpot=cfg.slo_tpot_s)))
+                                slo_tpot=cfg.slo_tpot_s))
                             bar.advance()
                     for side, points in trials.items():
                         medians[side][(w.name, c)] = median_point(points)
