@@ -282,7 +282,7 @@ class Server:
             if req.include_usage:
                 await send({**head, "choices": [], "usage": usage_json(choices)})
         except ConnectionResetError:
-            return resp  # the client left; the runtime finishes the request on its own
+            return resp  # the client left; _stream_one cancelled its request
         except ApiError as e:  # the status line is sent already: the error goes in the stream
             await send({"error": {"message": e.message, "type": e.kind, "code": e.status}})
         except Exception as e:
@@ -310,12 +310,16 @@ class Server:
         fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(q.put_nowait, None))
         ids: list[int] = []
         sent = ""
-        while (tok := await q.get()) is not None:
-            ids.append(tok)
-            text = stable_text(self.engine.rt.tokenizer.decode(ids, skip_special_tokens=True), req.stop)
-            if len(text) > len(sent) and text.startswith(sent):
-                await send(text[len(sent):])
-                sent = text
+        try:
+            while (tok := await q.get()) is not None:
+                ids.append(tok)
+                text = stable_text(self.engine.rt.tokenizer.decode(ids, skip_special_tokens=True), req.stop)
+                if len(text) > len(sent) and text.startswith(sent):
+                    await send(text[len(sent):])
+                    sent = text
+        except BaseException:
+            fut.cancel()  # the client left: the request leaves the batch at the next step, its KV freed
+            raise
         try:
             c.finish(fut.result())
         except ValueError as e:
