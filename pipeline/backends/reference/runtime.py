@@ -108,6 +108,7 @@ class ReferenceRuntime:
         self._clock: StepClock | None = None
         self.steps: deque[StepRecord] = deque(maxlen=100_000)  # the latest steps (tests check the limits)
         self.step_count = 0
+        self.batches = 0  # generate_batch's batches (tests check that prompts of one length share one)
 
     @property
     def max_batch_size(self) -> int:
@@ -333,6 +334,7 @@ class ReferenceRuntime:
     @torch.inference_mode()
     def _run_offline(self, batch: list[_Request]) -> None:
         """generate_batch's path: prompts of one length as one unpadded batch, decoded to the end."""
+        self.batches += 1
         width = max(len(r.prompt_ids) for r in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
