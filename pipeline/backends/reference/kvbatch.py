@@ -8,8 +8,8 @@ its own positions. A finished row is dropped at once and columns that only hold 
 
 Why one padded batch rather than stacking per-request caches each step: HF's DynamicCache already
 copies the whole cache on every append (torch.cat), so stacking would add a second and third copy
-per step; joining copies the batch once per join and a leave is a slice. On the 2-core CPU with
-SmolLM2-135M the padded batch measured faster (see README, "In-flight batching").
+per step; joining copies the batch once per join and a leave is a slice. (Reasoned, not measured:
+the stacking variant was not built.)
 """
 
 from __future__ import annotations
