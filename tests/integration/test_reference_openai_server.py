@@ -42,7 +42,8 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with srv:
         yield srv
     assert srv.returncode == 0, f"SIGTERM did not shut the server down cleanly: {log.read_text()[-2000:]}"
-    assert f"openai server: model {NAME} on {srv.url} (checkpoint {checkpoint})" in log.read_text()
+    assert (f"openai server: model {NAME} on {srv.url} (checkpoint {checkpoint}; max_batch_size 8, "
+            f"max_num_tokens 8192, max_kv_tokens {8 * MAX_SEQ_LEN})") in log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +156,26 @@ def test_bad_input_is_400_and_server_stays_up(server: ReferenceOpenAIServer) -> 
     assert r.status_code == 400
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
     assert complete(server, prompt="x", max_tokens=2)["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_stats_show_the_scheduler_back_at_rest(server: ReferenceOpenAIServer) -> None:
+    complete(server, prompt="The object", max_tokens=4)
+    stats = requests.get(f"{server.url}/stats", timeout=10).json()
+    assert stats["max_batch_size"] == 8 and stats["max_num_tokens"] == 8192
+    assert stats["max_kv_tokens"] == 8 * MAX_SEQ_LEN and stats["steps"] >= 0
+    # what a non-streamed completion or a finished stream held is returned
+    assert stats["running"] == 0 and stats["kv_reserved_tokens"] == 0 and stats["kv_cache_slots"] == 0
+
+
+def test_bad_scheduler_limit_is_one_line_and_exit_2(checkpoint: Path) -> None:
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "pipeline.backends.reference.openai_server", "--checkpoint",
+                        str(checkpoint), "--max-batch-size", "4", "--max-num-tokens", "2"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == ("openai server: max_num_tokens (2) must be >= max_batch_size (4)")
+    assert "Traceback" not in r.stderr
 
 
 def test_sampling_is_reproducible_with_a_seed(server: ReferenceOpenAIServer) -> None:

@@ -11,7 +11,8 @@ the in-process runtime given that prompt alone, whatever else the request or the
 Streaming goes through the runtime's scheduler (batched with other streams, as serving does).
 
 `python -m pipeline.backends.reference.openai_server (--bundle DIR | --checkpoint DIR) [--activations]
-[--host 127.0.0.1] [--port P] [--served-model-name NAME] [--max-batch-size N] [--max-seq-len N]`
+[--host 127.0.0.1] [--port P] [--served-model-name NAME] [--max-batch-size N] [--max-num-tokens N]
+[--max-kv-tokens N] [--max-seq-len N]`
 """
 
 from __future__ import annotations
@@ -218,6 +219,7 @@ class Server:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors], client_max_size=64 * 2**20)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/stats", self.stats)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.on_cleanup.append(self._cleanup)
@@ -229,6 +231,10 @@ class Server:
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        """The scheduler's state: running and waiting requests, KV reserved, steps, limits."""
+        return web.json_response(self.engine.rt.stats())
 
     async def models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
@@ -276,7 +282,7 @@ class Server:
             if req.include_usage:
                 await send({**head, "choices": [], "usage": usage_json(choices)})
         except ConnectionResetError:
-            return resp  # the client left; the runtime finishes the request on its own
+            return resp  # the client left; _stream_one cancelled its request
         except ApiError as e:  # the status line is sent already: the error goes in the stream
             await send({"error": {"message": e.message, "type": e.kind, "code": e.status}})
         except Exception as e:
@@ -304,12 +310,16 @@ class Server:
         fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(q.put_nowait, None))
         ids: list[int] = []
         sent = ""
-        while (tok := await q.get()) is not None:
-            ids.append(tok)
-            text = stable_text(self.engine.rt.tokenizer.decode(ids, skip_special_tokens=True), req.stop)
-            if len(text) > len(sent) and text.startswith(sent):
-                await send(text[len(sent):])
-                sent = text
+        try:
+            while (tok := await q.get()) is not None:
+                ids.append(tok)
+                text = stable_text(self.engine.rt.tokenizer.decode(ids, skip_special_tokens=True), req.stop)
+                if len(text) > len(sent) and text.startswith(sent):
+                    await send(text[len(sent):])
+                    sent = text
+        except BaseException:
+            fut.cancel()  # the client left: the request leaves the batch at the next step, its KV freed
+            raise
         try:
             c.finish(fut.result())
         except ValueError as e:
@@ -321,29 +331,32 @@ class Server:
 # ---------------------------------------------------------------------------------------------- loading / main
 
 
-def load_checkpoint(path: Path, *, max_batch_size: int | None = None,
-                    max_seq_len: int | None = None) -> ReferenceRuntime:
+def load_checkpoint(path: Path, *, max_seq_len: int | None = None,
+                    overrides: dict[str, int | None] | None = None) -> ReferenceRuntime:
     """A plain HF checkpoint in float32, as the accuracy stage loads the unquantized baseline."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pipeline.backends.reference.serve import scheduler_options
+
+    options = scheduler_options({}, overrides=overrides)  # no bundle: flags, environment, defaults
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-    return ReferenceRuntime(model, tok, max_batch_size=max_batch_size or 8,
-                            max_seq_len=max_seq_len or min(2048, limit)).start()
+    return ReferenceRuntime(model, tok, max_seq_len=max_seq_len or min(2048, limit),
+                            max_batch_size=options["max_batch_size"], max_num_tokens=options["max_num_tokens"],
+                            max_kv_tokens=options["max_kv_tokens"]).start()
 
 
 def load(args: argparse.Namespace) -> ReferenceRuntime:
+    overrides = {"max_batch_size": args.max_batch_size, "max_num_tokens": args.max_num_tokens,
+                 "max_kv_tokens": args.max_kv_tokens}
     if args.checkpoint is not None:
-        return load_checkpoint(args.checkpoint, max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+        return load_checkpoint(args.checkpoint, max_seq_len=args.max_seq_len, overrides=overrides)
     from pipeline.backends.reference.serve import load_runtime
 
-    rt = load_runtime(args.bundle, activations=args.activations)
-    # the runtime reads both per batch / per request, so overriding after load is enough
-    rt.max_batch_size = args.max_batch_size or rt.max_batch_size
-    rt.max_seq_len = args.max_seq_len or rt.max_seq_len
-    return rt
+    return load_runtime(args.bundle, activations=args.activations, max_seq_len=args.max_seq_len,
+                        overrides=overrides)
 
 
 async def serve(server: Server, host: str, port: int, what: str) -> None:
@@ -370,7 +383,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--served-model-name", default=None, help="default: the directory's name")
-    ap.add_argument("--max-batch-size", type=int, default=None)
+    # the scheduler's limits (default: TRTBUILD_REF_* in the environment, then the bundle's build facts)
+    ap.add_argument("--max-batch-size", type=int, default=None, help="most requests in one scheduler step")
+    ap.add_argument("--max-num-tokens", type=int, default=None,
+                    help="most tokens one step computes: decode tokens + prefill chunk tokens")
+    ap.add_argument("--max-kv-tokens", type=int, default=None,
+                    help="KV budget: prompt + max_tokens summed over admitted requests")
     ap.add_argument("--max-seq-len", type=int, default=None)
     args = ap.parse_args(argv)
     if args.activations and args.checkpoint is not None:
@@ -382,8 +400,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     path = args.bundle if args.bundle is not None else args.checkpoint
     name = args.served_model_name or path.resolve().name
-    rt = load(args)
-    what = f"{'bundle' if args.bundle is not None else 'checkpoint'} {path}"
+    try:
+        rt = load(args)
+    except ValueError as e:  # a bad limit (flag, environment or bundle fact): one line, no traceback
+        print(f"openai server: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    c = rt.config
+    what = (f"{'bundle' if args.bundle is not None else 'checkpoint'} {path}; max_batch_size {c.max_batch_size}, "
+            f"max_num_tokens {c.max_num_tokens}, max_kv_tokens {c.max_kv_tokens}")
     asyncio.run(serve(Server(Engine(rt), name), args.host, args.port, what))
 
 

@@ -2,8 +2,9 @@
 
 They exist so the throughput gate can be tested with a real tritonserver on a noisy machine:
 
-- `TRTBUILD_TEST_MIN_STEP_S`: a batch's steps (prefill included) follow a clock of this period:
-  step k's tokens are sent no earlier than k+1 periods after the batch started. The schedule is
+- `TRTBUILD_TEST_MIN_STEP_S`: the scheduler's steps (prefill included) follow a clock of this
+  period while it is busy: step k's tokens are sent no earlier than k+1 periods after it went
+  from idle to busy (a request that joins mid-flight gets one token per period too). The schedule is
   absolute, so a step stalled by other processes is made up by the next ones (which skip their
   sleep) and a request's time stays n x period whatever the machine's load, as long as the model
   computes a step in less than the period on average.
@@ -39,7 +40,7 @@ class StepPacing:
         return f"{MIN_STEP_ENV}={self.min_step_s:g} {FAULT_ENV}={self.fault_delay_fraction:g}"
 
     def clock(self) -> StepClock:
-        """A clock for one batch, started now (before its prefill)."""
+        """A clock for one busy period of the scheduler, started now (before its first step)."""
         return StepClock(self)
 
 

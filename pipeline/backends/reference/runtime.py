@@ -1,10 +1,16 @@
-"""The CPU reference runtime: batched generation with a KV cache, streaming, logprobs.
+"""The CPU reference runtime: in-flight batching with a KV cache, streaming, logprobs.
 
 It serves unified checkpoints dequantized by `pipeline.quant.loader` so the whole pipeline runs
-without an NVIDIA GPU. It is not a production engine. Concurrent requests are batched: a
-scheduler thread takes up to `max_batch_size` waiting requests, left-pads them into one batch,
-runs prefill and then decodes step by step, dropping finished rows from the KV cache. Requests
-that arrive during a batch join the next one.
+without an NVIDIA GPU. It is not a production engine, but it schedules like one (TensorRT-LLM's
+in-flight batching, see scheduler.py): a scheduler thread runs one step after another; each step
+decodes one token for every running request and prefills chunks of newly admitted prompts within
+a token budget (`max_num_tokens`). Requests join at every step while `max_batch_size` and the KV
+budget (`max_kv_tokens`) allow, and leave as soon as they finish, their KV freed. A prompt
+prefills alone (its own cache); its cache then joins the left-padded decode batch (kvbatch.py).
+
+Greedy outputs equal a request run alone except where a batch's shape changes float rounding
+(CPU GEMM kernels are picked by row count, padding changes the attention sums): README
+"In-flight batching" gives the measured rate on the shipped prompts.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -19,7 +26,9 @@ from typing import Any
 
 import torch
 
-from pipeline.backends.reference.pacing import StepPacing
+from pipeline.backends.reference.kvbatch import BatchKV
+from pipeline.backends.reference.pacing import StepClock, StepPacing
+from pipeline.backends.reference.scheduler import Capacity, SchedulerConfig, StepRecord, admit, plan
 
 TokenCallback = Callable[[int, str, float | None], None]
 
@@ -66,17 +75,22 @@ class _Request:
     text: str = ""
     first_token_at: float | None = None
     generator: torch.Generator | None = None
+    kv_need: int = 0  # KV tokens reserved at admission: prompt + max_tokens
+    prefilled: int = 0  # prompt tokens already in the cache (chunked prefill)
+    cache: Any = None  # the request's own cache while it prefills; then it joins the batch's
+    next_id: int = 0  # the token the next decode step feeds
 
 
 class ReferenceRuntime:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, max_seq_len: int = 2048,
-                 dtype: torch.dtype = torch.float32, pacing: StepPacing | None = None) -> None:
+                 max_num_tokens: int = 8192, max_kv_tokens: int = 0, dtype: torch.dtype = torch.float32,
+                 pacing: StepPacing | None = None) -> None:
         self.model = model.eval()
         # test-only hooks (see pacing.py); None or inactive costs nothing per step
         self.pacing = pacing if pacing is not None and pacing.active else None
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
+        self.config = SchedulerConfig(max_batch_size, max_num_tokens, max_kv_tokens).check(max_seq_len)
         self.dtype = dtype
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
@@ -84,8 +98,25 @@ class ReferenceRuntime:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._exec_lock = threading.Lock()  # one batch at a time through the model
-        self.batches = 0  # how many batches ran (tests check that concurrent requests share one)
+        self._exec_lock = threading.Lock()  # one forward at a time: a scheduler step or generate_batch
+        # scheduler state, touched by the scheduler thread only
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Request] = []  # admitted, in admission order
+        self._decoding: list[_Request] = []  # the rows of self.kv, in row order
+        self.kv = BatchKV()
+        self.capacity = Capacity(self.config.max_kv_tokens)
+        self._clock: StepClock | None = None
+        self.steps: deque[StepRecord] = deque(maxlen=100_000)  # the latest steps (tests check the limits)
+        self.step_count = 0
+        self.batches = 0  # generate_batch's batches (tests check that prompts of one length share one)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def max_num_tokens(self) -> int:
+        return self.config.max_num_tokens
 
     # ------------------------------------------------------------------ public API
     def start(self) -> ReferenceRuntime:
@@ -113,7 +144,12 @@ class ReferenceRuntime:
             fut.set_exception(ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
                                          f"max_seq_len {self.max_seq_len}"))
             return fut
-        req = _Request(ids, params, on_token, fut)
+        need = len(ids) + params.max_tokens
+        if need > self.config.max_kv_tokens:
+            fut.set_exception(ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                                         f"the KV budget max_kv_tokens {self.config.max_kv_tokens}"))
+            return fut
+        req = _Request(ids, params, on_token, fut, kv_need=need)
         if params.seed is not None:
             req.generator = torch.Generator().manual_seed(params.seed)
         self.start()
@@ -175,35 +211,129 @@ class ReferenceRuntime:
         for group in by_len.values():
             for k in range(0, len(group), self.max_batch_size):
                 with self._exec_lock:  # the scheduler thread may be serving submit()ted work
-                    self._run_batch(group[k:k + self.max_batch_size])
+                    self._run_offline(group[k:k + self.max_batch_size])
         return [r.future.result() for r in reqs]
 
-    # ------------------------------------------------------------------ scheduler
+    # ------------------------------------------------------------------ in-flight scheduler
     def _loop(self) -> None:
+        stopping = False
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch_size:
+            if not self._running and not self._waiting:
+                if stopping:
+                    return
+                first = self._queue.get()  # idle: sleep until work comes
+                if first is None:
+                    return
+                self._waiting.append(first)
+            while True:  # whatever arrived since the last step joins this one
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
+                    stopping = True  # finish what was submitted before stop(), then return
+                else:
+                    self._waiting.append(nxt)
             try:
                 with self._exec_lock:
-                    self._run_batch(batch)
-            except Exception as e:  # a failed batch fails its requests, never the server
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(e)
+                    self._step()
+            except Exception as e:  # a failed step fails the requests in it, never the server
+                self._fail_running(e)
 
     @torch.inference_mode()
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _step(self) -> None:
+        """One scheduler step: admit, decode every running row, prefill chunks, emit, release."""
+        self._drop_cancelled()
+        n = admit(deque(r.kv_need for r in self._waiting), len(self._running), self.config, self.capacity)
+        for _ in range(n):
+            self._running.append(self._waiting.popleft())
+        if not self._running:
+            return
+        if self.pacing is not None and self._clock is None:
+            self._clock = self.pacing.clock()  # a busy period's steps follow one clock
+        decoding = self._decoding
+        prefilling = [r for r in self._running if r.prefilled < len(r.prompt_ids)]
+        step = plan(len(decoding), [len(r.prompt_ids) - r.prefilled for r in prefilling], self.config)
+        logits = self.kv.decode(self.model, [r.next_id for r in decoding]) if decoding else None
+        ready: list[tuple[_Request, torch.Tensor]] = []
+        for i, chunk in step.prefill:
+            r = prefilling[i]
+            ids = r.prompt_ids[r.prefilled:r.prefilled + chunk]
+            out = self.model(input_ids=torch.tensor([ids]),
+                             position_ids=torch.arange(r.prefilled, r.prefilled + chunk).unsqueeze(0),
+                             past_key_values=r.cache, use_cache=True,
+                             logits_to_keep=1)  # the vocab projection of the last position only
+            r.cache = out.past_key_values
+            r.prefilled += chunk
+            if r.prefilled == len(r.prompt_ids):
+                ready.append((r, out.logits[0, -1, :].to(torch.float32)))
+        self.steps.append(StepRecord(batch=step.batch, decode_tokens=step.decode,
+                                     prefill_tokens=step.tokens - step.decode, running=len(self._running),
+                                     kv_reserved=self.capacity.reserved))
+        self.step_count += 1
+        if self._clock is not None:  # before the step's tokens are sent: the client sees the stretched step
+            self._clock.tick()
+        keep = []
+        for row, r in enumerate(decoding):
+            if self._advance(r, logits[row] if logits is not None else None):
+                keep.append(row)
+        self.kv.keep(keep)
+        self._decoding = [decoding[k] for k in keep]
+        for r, last in ready:
+            if self._advance(r, last):  # its first token; from the next step it decodes with the others
+                self.kv.add(r.cache, len(r.prompt_ids))
+                self._decoding.append(r)
+            r.cache = None
+        if not self._running:
+            self._clock = None
+
+    def _advance(self, r: _Request, logits: torch.Tensor | None) -> bool:
+        """Sample and emit a running request's next token; release it when it is done."""
+        assert logits is not None  # noqa: S101 - a decoding row always has logits
+        tok, lp = self._sample(logits, r)
+        if not r.future.cancelled() and self._emit(r, tok, lp):
+            r.next_id = tok
+            return True
+        self._release(r)
+        return False
+
+    def _release(self, r: _Request) -> None:
+        self._running.remove(r)
+        self.capacity.give_back(r.kv_need)
+        r.cache = None
+
+    def _drop_cancelled(self) -> None:
+        """Requests whose future was cancelled leave before the step: their rows and KV are freed."""
+        self._waiting = deque(r for r in self._waiting if not r.future.cancelled())
+        gone = [r for r in self._running if r.future.cancelled()]
+        if not gone:
+            return
+        rows = [i for i, r in enumerate(self._decoding) if not r.future.cancelled()]
+        self.kv.keep(rows)
+        self._decoding = [self._decoding[i] for i in rows]
+        for r in gone:
+            self._release(r)
+
+    def _fail_running(self, e: Exception) -> None:
+        for r in list(self._running):
+            self._release(r)
+            if not r.future.done():
+                r.future.set_exception(e)
+        self._decoding = []
+        self.kv = BatchKV()
+        self._clock = None
+
+    def stats(self) -> dict[str, int]:
+        """The scheduler's state between steps (the servers report it; tests read it)."""
+        with self._exec_lock:  # not halfway through a step, where a finished row may still be in the batch
+            return {"running": len(self._running), "waiting": len(self._waiting) + self._queue.qsize(),
+                    "kv_reserved_tokens": self.capacity.reserved, "max_kv_tokens": self.config.max_kv_tokens,
+                    "kv_cache_slots": self.kv.slots(), "steps": self.step_count,
+                    "max_batch_size": self.config.max_batch_size, "max_num_tokens": self.config.max_num_tokens}
+
+    @torch.inference_mode()
+    def _run_offline(self, batch: list[_Request]) -> None:
+        """generate_batch's path: prompts of one length as one unpadded batch, decoded to the end."""
         self.batches += 1
         width = max(len(r.prompt_ids) for r in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -212,14 +342,11 @@ class ReferenceRuntime:
             ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        clock = self.pacing.clock() if self.pacing is not None else None
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].to(torch.float32)
         active = list(range(len(batch)))
         while True:
-            if clock is not None:  # before the step's tokens are sent: the client sees the stretched step
-                clock.tick()
             keep: list[int] = []
             next_ids: list[int] = []
             for row, idx in enumerate(active):
@@ -281,18 +408,31 @@ class ReferenceRuntime:
         for s in p.stop:
             if s and s in r.text:
                 r.text = r.text[: r.text.index(s)]
-                if r.on_token is not None:
-                    r.on_token(tok, delta[: max(0, len(delta) - (len(text) - len(r.text)))], lp)
+                self._callback(r, tok, delta[: max(0, len(delta) - (len(text) - len(r.text)))], lp)
                 self._finish(r, "stop")
                 return False
-        if r.on_token is not None:
-            r.on_token(tok, delta, lp)
+        if not self._callback(r, tok, delta, lp):
+            return False
         if len(r.out) >= p.max_tokens:
             self._finish(r, "length")
             return False
         return True
 
+    def _callback(self, r: _Request, tok: int, delta: str, lp: float | None) -> bool:
+        """Stream a token; a callback that raises (a client gone) fails its own request only."""
+        if r.on_token is None:
+            return True
+        try:
+            r.on_token(tok, delta, lp)
+        except Exception as e:
+            if not r.future.done():
+                r.future.set_exception(e)
+            return False
+        return True
+
     def _finish(self, r: _Request, reason: str) -> None:
+        if r.future.done():  # cancelled by its caller, or failed by its callback
+            return
         now = time.monotonic()
         r.future.set_result(Generation(
             prompt_tokens=len(r.prompt_ids), token_ids=list(r.out), text=r.text, finish_reason=reason,
