@@ -89,6 +89,7 @@ def main() -> int:
         ids = {v: store.put(b).bundle_id for v, b in bundles.items()}
         size = sum(f["size"] for f in read_manifest(bundles[1])[0]["files"])
         repo = tmp / "repo"
+        repo.mkdir()
         facts = facts_for_target("cpu")
         with TritonServer(locate_tritonserver(None), log_path=tmp / "triton.log").start(repo) as srv:
             for v in (1, 2, 3):
