@@ -173,3 +173,31 @@ def test_drift_it_cannot_fix_exits_nonzero(server: tuple[TritonServer, Path], re
     res = sync(load_desired(state_file), cache=tmp_path / "cache2")
     assert res.failed and "sha256" in str(res.models[0].error)
     assert not (tmp_path / "fresh_repo" / MODEL).exists()
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_two_syncs_at_once_publish_once(target: RepoTarget, released: dict[str, object], tmp_path: Path) -> None:
+    """Two `trtbuild sync` processes on one desired state: the second waits for the model's lease,
+    then finds the model in sync; exactly one version is written, and a client streams throughout."""
+    from tests.integration.test_publish_triton import cli, wait_for_holder
+
+    model, url = "racesync", target.url
+    ids: dict[int, str] = released["ids"]  # type: ignore[assignment]
+    state_file = tmp_path / "production.yaml"
+    state_file.write_text(desired_text(str(released["registry"]), target.uri, url, "version: 1")
+                          .replace(f"  {MODEL}:", f"  {model}:"))
+    raise_for_drift(sync(load_desired(state_file), cache=tmp_path / "cache", load_timeout=120))
+    state_file.write_text(state_file.read_text().replace("version: 1", "version: 2"))
+    with Load(url, model) as load:
+        first = cli("sync", str(state_file), "--json", "--cache", str(tmp_path / "cache1"))
+        wait_for_holder(target.repo, model)
+        second = cli("sync", str(state_file), "--json", "--cache", str(tmp_path / "cache2"))
+        out1, err1 = first.communicate(timeout=300)
+        out2, err2 = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, (err1[-1500:], err2[-1500:])
+    assert json.loads(out1)["models"][0]["action"] == "publish"
+    assert json.loads(out2)["models"][0]["action"] == "in-sync", out2
+    assert "waiting for lease on racesync held by" in err2, err2[-1500:]
+    assert load.errors == [] and collapse(load.versions) == [1, 2]
+    assert target.repo.versions(model) == [1, 2] and target.repo.served_versions(model) == [2]
+    assert target.repo.bundle_id(model, 2) == ids[2]
