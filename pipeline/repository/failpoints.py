@@ -6,7 +6,7 @@ that name, the process SIGKILLs itself there: no cleanup, no `finally`, exactly 
 OOM kill leaves behind. A kill-point test runs publish/switch/rollback/prune in a child process
 once per name in STEPS and checks that the repository is still consistent afterwards.
 
-Unset (the normal case) it costs one dictionary lookup.
+Unset (the normal case) it costs one environment lookup.
 """
 
 from __future__ import annotations
@@ -32,9 +32,21 @@ STEPS: tuple[str, ...] = (
 )
 
 
+_calls: dict[str, int] = {}
+
+
 def step(name: str) -> None:
-    """Called before each write step; SIGKILLs this process when TRTBUILD_FAILPOINT == name."""
+    """Called before each write step; SIGKILLs this process when TRTBUILD_FAILPOINT is `name`
+    (at its first call) or `name@N` (at its N-th call: a step that writes many objects, such as a
+    version's files on S3, killed half-way)."""
     if name not in STEPS:  # a typo would make a kill-point test pass without killing anything
         raise ValueError(f"unknown failpoint '{name}'; add it to failpoints.STEPS")
-    if os.environ.get(ENV) == name:
+    want = os.environ.get(ENV)
+    if not want:
+        return
+    target, _, nth = want.partition("@")
+    if target != name:
+        return
+    _calls[name] = _calls.get(name, 0) + 1
+    if _calls[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

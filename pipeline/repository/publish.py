@@ -153,8 +153,12 @@ def publish_bundle(bundle_dir: Path, repository: Repository, model: str, *, fact
     if switch == "rolling":
         server_url = None  # replicas restart into the new version; nothing is loaded through an API
     with repo.writer(model, load_timeout if lease_timeout is None else lease_timeout):
-        existing = repo.version_of(model, bundle.id)
         previous = repo.served_versions(model)
+        for v in repo.versions(model):  # what a killed publish or rollback left (no manifest: never served)
+            if v not in previous and repo.bundle_id(model, v) is None:
+                log.info("removing %s: an incomplete version a killed write left", repo.where(model, v))
+                repo.remove_version(model, v, "publish.cleanup")
+        existing = repo.version_of(model, bundle.id)
         if existing is not None and existing in previous and not server_url:
             history.record(repo, model, existing, bundle.id, _absolute_store(store))
             return Published(model, existing, bundle.id, repo.uri, previous, [], False, {}, already=True)
@@ -285,7 +289,8 @@ def rollback(repository: Repository, model: str, *, server_url: str | None, to: 
                 raise ServiceError(f"model '{model}' has no version older than {current} on disk to roll back "
                                    "to; use --to VERSION (pruned versions come back from the store)")
             to = max(older)
-        fetched = to not in versions
+        # a version without its manifest is what a killed write left: fetched and written again
+        fetched = to not in versions or repo.bundle_id(model, to) is None
         backend = _fetch_pruned(repo, model, to, server_repository) if fetched else repo.backend_of(model, to)
         try:
             if server_url and switch != "rolling":

@@ -125,13 +125,21 @@ class S3Repository(ModelRepository):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(model, *parts))
 
     def write_version(self, step: str, model: str, version: int, bundle_dir: Path, files: dict[str, str]) -> None:
+        # the bundle's manifest.json last: a version whose manifest is there is complete (a killed
+        # upload leaves a version without one, which publish and rollback do not take as present)
+        content = sorted(iter_content_files(bundle_dir), key=lambda f: f.relative_to(bundle_dir).as_posix()
+                         == "manifest.json")
         with self.errors("upload version"):
-            for f in iter_content_files(bundle_dir):
-                rel = f.relative_to(bundle_dir).as_posix()
+            for f in content[:-1]:
                 self._write_step(step)
-                self.client.upload_file(str(f), self.bucket, self.key(model, version, BUNDLE_DIR, rel))
+                self.client.upload_file(str(f), self.bucket, self.key(model, version, BUNDLE_DIR,
+                                                                      f.relative_to(bundle_dir).as_posix()))
         for rel, text in files.items():
             self._put(step, text.encode(), model, version, rel)
+        with self.errors("upload version"):
+            self._write_step(step)
+            self.client.upload_file(str(content[-1]), self.bucket, self.key(model, version, BUNDLE_DIR,
+                                                                             "manifest.json"))
 
     def write_model(self, step: str, name: str, version: int, config_text: str, files: dict[str, str]) -> None:
         for rel, text in files.items():

@@ -426,3 +426,81 @@ def test_a_writer_that_cannot_get_the_lease_fails_naming_the_holder(target: Repo
     finally:
         holder.kill()
     assert served_version(url, model) == 1
+
+
+# --------------------------------------------------------------------------- kill points
+PUBLISH_KILLS = ["publish.version_files", "switch.config", "publish.history", "prune.remove"]
+
+
+def assert_complete(repo: ModelRepository, model: str) -> None:
+    """Every version config.pbtxt names is complete: bundle manifest, version config, every file."""
+    served = repo.served_versions(model)
+    assert served, f"{model}: config.pbtxt names no version"
+    for v in served:
+        assert repo.bundle_id(model, v) is not None, f"{model}/{v} is served but has no manifest"
+        manifest = json.loads(repo.read_file(model, v, "bundle", "manifest.json") or b"{}")
+        for f in manifest["files"]:
+            assert repo.exists(model, v, "bundle", *f["path"].split("/")), f"{model}/{v}: {f['path']} missing"
+
+
+@pytest.mark.parametrize("target", KINDS, indirect=True)
+def test_sigkill_at_each_write_step(target: RepoTarget, bundles: dict[str, Path], tmp_path: Path) -> None:
+    """`trtbuild publish` / `rollback` SIGKILLed at each step that writes (TRTBUILD_FAILPOINT): the
+    served version keeps answering (0 failed requests), the repository loads in a fresh
+    tritonserver, and a rerun converges."""
+    from pipeline.repository import failpoints
+    from pipeline.triton.server import locate_tritonserver
+
+    repo, url = target.uri, target.url
+    store = open_store(f"file://{tmp_path / 'store'}")
+    for b in bundles.values():
+        store.put(b)
+    common = ["--repository", repo, "--server-url", url]
+    cases: list[tuple[str, str, list[str], int]] = []  # model, step, command, version served after the rerun
+    for step in PUBLISH_KILLS:
+        m = "kp-" + step.replace(".", "-")  # a model per kill point: each starts from a clean state
+        for b in ("v1", "v2"):  # v1 is pruned by the killed publish's keep=1 (v2 was serving: kept)
+            publish_bundle(bundles[b], repo, m, facts=CPU, server_url=url, store=store.uri)
+        cases.append((m, step, ["publish", str(bundles["v3"]), "--model", m, "--keep", "1", "--store", store.uri], 3))
+    for b in ("v1", "v2"):
+        publish_bundle(bundles[b], repo, "kp-rollback", facts=CPU, server_url=url, store=store.uri)
+    cases.append(("kp-rollback", "switch.config", ["rollback", "kp-rollback", "--to", "1"], 1))
+    for b in ("v1", "v2", "v3"):
+        publish_bundle(bundles[b], repo, "kp-pruned", facts=CPU, server_url=url, store=store.uri, keep=2)
+    cases.append(("kp-pruned", "rollback.version_files", ["rollback", "kp-pruned", "--to", "1"], 1))
+    if target.s3 is not None:  # a version's objects are many writes on S3: killed half-way through them
+        for b in ("v1", "v2"):
+            publish_bundle(bundles[b], repo, "kp-half", facts=CPU, server_url=url, store=store.uri)
+        cases.append(("kp-half", "publish.version_files@4", ["publish", str(bundles["v3"]), "--model", "kp-half",
+                                                             "--store", store.uri], 3))
+        for b in ("v1", "v2", "v3"):
+            publish_bundle(bundles[b], repo, "kp-half-pruned", facts=CPU, server_url=url, store=store.uri, keep=2)
+        cases.append(("kp-half-pruned", "rollback.version_files@4", ["rollback", "kp-half-pruned", "--to", "1"], 1))
+
+    table = []
+    for m, step, args, _ in cases:
+        before = target.repo.served_versions(m)
+        with Load(url, m) as load:
+            p = cli(*args, *common, env={failpoints.ENV: step})
+            _, err = p.communicate(timeout=300)
+        assert p.returncode == -9, f"{step}: not killed there (rc {p.returncode}): {err[-2000:]}"
+        assert load.errors == [], f"{step}: {load.errors[:3]}"
+        assert_complete(target.repo, m)
+        table.append(f"{target.kind} {m} {step}: served {before} -> {target.repo.served_versions(m)}")
+
+    # what the kills left loads in a fresh tritonserver
+    fresh = TritonServer(locate_tritonserver(None), log_path=tmp_path / "fresh.log",
+                         env=target.s3.env() if target.s3 else None)
+    models = sorted({m for m, *_ in cases})
+    with fresh.start(target.repo.triton_uri(), load=models) as srv:
+        for m in models:
+            assert served_version(srv.http_url, m) in target.repo.served_versions(m)
+
+    # a rerun converges
+    for m, step, args, want in cases:
+        p = cli(*args, *common)
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"rerun after {step}: {err[-6000:]}"
+        assert target.repo.served_versions(m) == [want] and served_version(url, m) == want, step
+        assert_complete(target.repo, m)
+    print("\n" + "\n".join(table))
