@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from pipeline.bundle import load_bundle
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
-from pipeline.stages.common import fields
+from pipeline.stages.common import fields, served_bundle
 
 
 class ReleaseStage(Stage):
     name = "release"
-    inputs = ("build", "accuracy", "throughput")
+    inputs = ("build", "tune", "accuracy", "throughput")
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.release, exclude={"enabled", "upload_concurrency"})
@@ -34,8 +33,7 @@ class ReleaseStage(Stage):
         from pipeline.store import open_store
 
         r = ctx.recipe.release
-        bundle_dir = Path(ctx.inputs["build"].outputs["bundle"])
-        bundle_id = str(ctx.inputs["build"].summary["bundle_id"])
+        bundle_dir, bundle_id = served_bundle(ctx)  # the tuned bundle (with its profiles) when tune ran
         store = open_store(r.store, concurrency=r.upload_concurrency)
         bar = ctx.transfer_progress()
         try:
@@ -68,6 +66,13 @@ class ReleaseStage(Stage):
                         logged.append(f"gates/{f.name}")
                     if res.passed is not None:
                         views.append(run_page.gate_view(name, res))
+            tune = ctx.inputs.get("tune")
+            if tune is not None and tune.fingerprint != "disabled":  # the tune report, plot and figures
+                metrics.update({k: float(v) for k, v in (tune.summary.get("metrics") or {}).items()
+                                if isinstance(v, int | float)})
+                for f in sorted(tune.dir.glob("tune.*")):
+                    run.log_artifact(f, "tune")
+                    logged.append(f"tune/{f.name}")
             if metrics:
                 run.log_metrics(metrics)
             run.log_artifact(bundle_dir / "manifest.json", "bundle")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,16 @@ from typing import Any
 from pipeline.errors import NotImplementedStageError, ServiceError, StageError
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput
-from pipeline.stages.common import fields
+from pipeline.stages.common import fields, served_bundle
 from pipeline.util import atomic
 
 
 class ThroughputStage(Stage):
     name = "throughput"
-    inputs = ("fetch", "quantize", "build")
-    code_version = 3  # 2: trials interleaved between candidate and baseline; 3: GPU schedule, explicit fractions
+    inputs = ("fetch", "quantize", "build", "tune")
+    # 2: trials interleaved between candidate and baseline; 3: GPU schedule, explicit fractions;
+    # 4: the candidate is the tuned bundle served with its default profile
+    code_version = 4
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.gates.throughput,
@@ -147,43 +148,22 @@ class ThroughputStage(Stage):
         from pipeline.bench.client import OpenAIEndpoint, TritonEndpoint
 
         c = ctx.recipe.gates.throughput.candidate
-        bundle = Path(ctx.inputs["build"].outputs["bundle"])
+        bundle, _ = served_bundle(ctx)
         if kind == "endpoint":
             assert c.url and c.model  # noqa: S101 - a recipe rule guarantees both
             endpoint = TritonEndpoint if c.protocol == "triton" else OpenAIEndpoint
             yield endpoint(interpolate_string(c.url), c.model, name="candidate")
             return
         if kind == "trtllm-serve":
-            from pipeline.backends.trtllm_serve import TrtllmServe
+            from pipeline.stages.candidate import trtllm_candidate
 
-            with ctx.progress("starting trtllm-serve for the candidate"):
-                server = TrtllmServe.for_model(c, ctx.recipe, model=bundle, tokenizer=source,
-                                               log=ctx.workdir / "candidate-trtllm-serve.log").start()
-            try:
-                yield OpenAIEndpoint(server.url, server.served_name, name="candidate")
-            finally:
-                server.stop()
+            with trtllm_candidate(ctx, bundle, source) as endpoint:  # the bundle's default profile
+                yield endpoint
             return
-        yield from self._triton_candidate(ctx, bundle)
+        from pipeline.stages.candidate import triton_candidates
 
-    def _triton_candidate(self, ctx: StageContext, bundle: Path) -> Iterator[Any]:
-        from pipeline.bench.client import TritonEndpoint
-        from pipeline.bundle import facts_for_target
-        from pipeline.triton.publish import publish_bundle
-        from pipeline.triton.server import TritonServer, locate_tritonserver
-
-        repo = ctx.workdir / ".candidate-repo"
-        repo.mkdir()
-        try:
-            server = TritonServer(locate_tritonserver(None), log_path=ctx.workdir / "candidate-triton.log")
-            with contextlib.ExitStack() as stack:
-                with ctx.progress("starting tritonserver and loading the candidate"):
-                    stack.enter_context(server.start(repo))
-                    publish_bundle(bundle, repo, "candidate",
-                                   facts=facts_for_target("cpu"), server_url=server.http_url)
-                yield TritonEndpoint(server.http_url, "candidate", name="candidate")
-        finally:
-            shutil.rmtree(repo, ignore_errors=True)
+        with triton_candidates(ctx) as triton, triton.model(bundle, "candidate") as endpoint:
+            yield endpoint
 
     @contextlib.contextmanager
     def _baseline(self, ctx: StageContext, source: Path, gpu_args: list[str]) -> Iterator[Any]:

@@ -97,6 +97,10 @@ class ServingOptions:
     pre_post_instances: int = 1  # python tokenizer instances each
     instances: int = 1  # reference backend model instances
     upstream_models_dir: str = UPSTREAM_MODELS_DIR
+    # the bundle's serving profile (None: its default one) and explicit settings on top (a tune
+    # point); pipeline/tune/profiles.py turns them into the fields above and model parameters
+    profile: str | None = None
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,4 +278,9 @@ def render_version(model: str, bundle: Bundle, version: int, *, version_dir: str
     if renderer is None:
         raise RenderError(f"bundle {bundle.short_id}: backend '{bundle.backend}' has no Triton layout; "
                           f"known: {', '.join(sorted(RENDERERS))}")
-    return renderer(model, bundle, version, version_dir=version_dir, options=options or ServingOptions())
+    from pipeline.tune.profiles import serving_options
+
+    options, params = serving_options(bundle, options or ServingOptions())
+    rendered = renderer(model, bundle, version, version_dir=version_dir, options=options)
+    rendered.main.config.setdefault("parameters", {}).update(params)
+    return rendered

@@ -171,7 +171,7 @@ def successive_halving(space: list[Settings], measure: Measure, config: SearchCo
                 t0 = clock()
                 try:
                     trial = measure(p.settings, len(p.trials))
-                except Exception as e:  # noqa: BLE001 - recorded on the point and reported
+                except Exception as e:
                     p.error = f"{type(e).__name__}: {e}"
                     budget.costs.append(clock() - t0)
                     continue
