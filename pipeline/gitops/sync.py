@@ -169,9 +169,11 @@ class LocalRepo:
     def publish(self, model: str, bundle_dir: Path, facts: Any, m: ModelState, url: str | None,
                 timeout: float) -> tuple[int, dict[str, float]]:
         from pipeline.triton.publish import publish_bundle
+        from pipeline.triton.render import ServingOptions
 
         pub = publish_bundle(bundle_dir, self.root, model, facts=facts, keep=m.keep_versions, server_url=url,
-                             load_timeout=timeout, instances=m.instances, switch=m.switch)
+                             load_timeout=timeout, instances=m.instances, switch=m.switch,
+                             options=ServingOptions(instances=m.instances, profile=m.profile))
         return pub.version, pub.seconds
 
 
@@ -207,6 +209,12 @@ class S3Repo:
         from pipeline.triton.s3_repository import publish_bundle_s3
 
         _no_drain(m.switch)
+        if m.profile is not None:
+            from pipeline.errors import ServiceError
+
+            raise ServiceError(f"{model}: profile '{m.profile}' is not rendered into an s3:// repository yet; "
+                               "leave profile out (the bundle's default profile is served) or use a directory "
+                               "repository")
         url = None if m.switch == "rolling" else url
         pub = publish_bundle_s3(bundle_dir, self.repo, model, facts=facts, keep=m.keep_versions, server_url=url,
                                 load_timeout=timeout, instances=m.instances)

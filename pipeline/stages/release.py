@@ -78,11 +78,16 @@ class ReleaseStage(Stage):
             run.log_artifact(bundle_dir / "manifest.json", "bundle")
             run.log_artifact(ctx.loaded.path, "recipe")
             # the bundle's own record (the build stage's summary has no provenance)
-            git = load_bundle(bundle_dir, verify=False).manifest["provenance"].get("git_commit")
+            bundle = load_bundle(bundle_dir, verify=False)
+            git = bundle.manifest["provenance"].get("git_commit")
+            from pipeline.tune.profiles import registry_tag
+
+            profiles = registry_tag(bundle)
             version = registry.register_bundle(
                 r.model_name, stored.uri, bundle_id, run_id=run.run_id,
                 tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest, "git_commit": git or "",
-                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()}})
+                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()},
+                      **({"profiles": profiles} if profiles else {})})
             registry.set_alias(r.model_name, r.alias, version)
             ended = time.time()
             note = run_page.describe(

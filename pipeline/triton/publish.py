@@ -150,6 +150,10 @@ def publish_bundle(bundle_dir: Path, repository: Path, model: str, *, facts: Run
     check_compatible(bundle, facts)
     md = ModelDir(repository / model)
     existing = md.version_of(bundle.id)
+    if existing is not None:
+        from pipeline.tune.profiles import check_same_profile
+
+        check_same_profile(md.version_dir(existing), bundle, options)
     previous = md.served_versions()
     if existing is not None and existing in previous and not server_url:
         history.record(md.root, existing, bundle.id, _absolute_store(store))

@@ -162,3 +162,40 @@ def choose(result: Any, specs: list[Any]) -> dict[str, dict[str, Any]]:
                           "measured": {"goodput": pick.mean, "goodput_trials": pick.goodputs,
                                        **{k: pick.metric(k) for k in ("ttft_p99", "tpot_p99", "output_tok_s")}}}
     return out
+
+
+def registry_tag(bundle: Bundle) -> str | None:
+    """The profiles as a compact JSON registry tag (`trtbuild list` shows them): default, and per
+    profile its settings and measured goodput and TTFT p99."""
+    doc = read_profiles(bundle)
+    if doc is None:
+        return None
+    rows = {n: {"settings": p["settings"], "goodput": _round(p.get("measured", {}).get("goodput")),
+                "ttft_p99": _round(p.get("measured", {}).get("ttft_p99"))} for n, p in sorted(doc["profiles"].items())}
+    return json.dumps({"default": doc["default"], "profiles": rows}, sort_keys=True, separators=(",", ":"))
+
+
+def _round(x: Any) -> Any:
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def check_same_profile(version_dir: Path, bundle: Bundle, options: Any) -> None:
+    """Publishing a bundle that is already version N of the model: N must have been rendered with
+    the profile asked for now. A version is immutable, so another profile of the same bundle is
+    refused with the way out, rather than silently serving N's settings."""
+    from pipeline.triton.pbtxt import parse_pbtxt
+    from pipeline.triton.render import VERSION_CONFIG
+
+    if options is None or options.settings:
+        return
+    wanted, _ = resolve(bundle, getattr(options, "profile", None))
+    cfg = version_dir / VERSION_CONFIG
+    if not cfg.is_file():
+        return
+    params = parse_pbtxt(cfg.read_text()).parameters
+    have = params["profile"].string_value if "profile" in params else None
+    if (have or None) != wanted:
+        raise ProfileError(f"bundle {bundle.short_id} is already version {version_dir.name} of "
+                           f"{version_dir.parent.name}, served with profile {have or '(none)'}, not {wanted}; "
+                           "a version is immutable: publish it under another model name, or remove the version "
+                           "(it is pruned once newer versions replace it)")
