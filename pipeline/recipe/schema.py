@@ -389,6 +389,9 @@ class TuneSearch(Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="Welch's t-test level: points differ when p < alpha ...")
     min_effect: float = Field(0.03, ge=0, lt=1, description="... and their mean goodputs differ by more than this "
                               "share; otherwise they tie.")
+    confirm_trials: int = Field(2, ge=0, description="After the search, the default and the chosen settings are "
+                                "measured this many more times each, alternating, within the budget: the reported "
+                                "tuned/default ratio comes from these trials (free of the search's selection bias).")
 
 
 class TuneProfile(Strict):

@@ -102,6 +102,7 @@ class TuneStage(Stage):
 
             # the budget counts from the stage's start: prompts and the server start are spent already
             result = successive_halving(points, one_trial, config_for(t.budget_s - (time.monotonic() - started)))
+            confirmed = self._confirm(result, one_trial, s.confirm_trials, started, t.budget_s)
         if result.best is None:
             errors = sorted({p.error for p in result.points if p.error})
             raise StageError("tune", "no point was measured within the budget"
@@ -115,9 +116,11 @@ class TuneStage(Stage):
         bundle_id = write_tuned_bundle(build_bundle, ctx.workdir / "bundle", profiles=profiles, default=default_name,
                                        tune=summary)
         outputs = write_report(ctx.workdir, result=result, profiles=profiles, default_point=0,
-                               objective=objective.describe(), space=space, budget_s=t.budget_s, seconds=seconds)
+                               objective=objective.describe(), space=space, budget_s=t.budget_s, seconds=seconds,
+                               confirmed=confirmed)
         d = result.points[0]
-        ratio = result.best.mean / d.mean if d.trials and d.mean > 0 else None
+        search_ratio = result.best.mean / d.mean if d.trials and d.mean > 0 else None
+        ratio = confirmed["ratio"] if confirmed else search_ratio
         ctx.reporter.info(f"tune: {result.trials} trials in {seconds:.0f} s; profiles "
                           + "; ".join(f"{n}: {p['settings']}" for n, p in profiles.items())
                           + (f"; tuned/default goodput {ratio:.3f}" if ratio else "")
@@ -127,12 +130,40 @@ class TuneStage(Stage):
             summary={"bundle_id": bundle_id, "build_bundle_id": ctx.inputs["build"].summary.get("bundle_id"),
                      "default_profile": default_name,
                      "profiles": {n: p["settings"] for n, p in profiles.items()},
-                     "tuned_vs_default_goodput": ratio, "tie": result.tie, "trials": result.trials,
+                     "tuned_vs_default_goodput": ratio, "tuned_vs_default_in_search": search_ratio,
+                     "confirmed": confirmed, "tie": result.tie, "trials": result.trials,
                      "seconds": round(seconds, 1), "budget_s": t.budget_s,
                      "stopped_by_budget": result.stopped_by_budget,
                      "metrics": {"tune.goodput.best": result.best.mean, "tune.goodput.default": d.mean if d.trials
                                  else None, "tune.seconds": seconds}},
             digest=bundle_id)
+
+    @staticmethod
+    def _confirm(result: Any, one_trial: Callable[[dict[str, Any], int], Any], n: int, started: float,
+                 budget_s: float) -> dict[str, Any] | None:
+        """Default and chosen settings re-measured `n` times each, alternating (default first in even
+        rounds), while the budget allows: the tuned/default ratio without the search's selection bias
+        (the best of many noisy points is biased upward). None when the default was chosen."""
+        best = result.best
+        if best is None or best.index == 0 or n == 0:
+            return None
+        default = result.points[0]
+        got: dict[str, list[float]] = {"default": [], "tuned": []}
+        costs: list[float] = []
+        for k in range(n):
+            for name, p in ([("default", default), ("tuned", best)] if k % 2 == 0
+                            else [("tuned", best), ("default", default)]):
+                guess = max(costs, default=0.0)
+                if time.monotonic() - started + guess > budget_s:
+                    break
+                t0 = time.monotonic()
+                got[name].append(one_trial(p.settings, len(p.trials) + len(got[name])).goodput)
+                costs.append(time.monotonic() - t0)
+        if not got["default"] or not got["tuned"]:
+            return None
+        d, t = sum(got["default"]) / len(got["default"]), sum(got["tuned"]) / len(got["tuned"])
+        return {"default_goodput": got["default"], "tuned_goodput": got["tuned"],
+                "ratio": t / d if d > 0 else None}
 
     @contextlib.contextmanager
     def _serve(self, ctx: StageContext, kind: str, bundle: Path, source: Path) -> Iterator[Any]:

@@ -11,13 +11,16 @@ from pipeline.util import atomic
 
 
 def write_report(workdir: Path, *, result: Any, profiles: dict[str, dict[str, Any]], default_point: int,
-                 objective: str, space: dict[str, list[Any]], budget_s: float, seconds: float) -> dict[str, str]:
+                 objective: str, space: dict[str, list[Any]], budget_s: float, seconds: float,
+                 confirmed: dict[str, Any] | None = None) -> dict[str, str]:
     """tune.json, tune.md and tune.png in `workdir`; returns output name -> file name."""
     best = result.best
     default = next(p for p in result.points if p.index == default_point)
-    ratio = (best.mean / default.mean) if best is not None and default.trials and default.mean > 0 else None
+    in_search = (best.mean / default.mean) if best is not None and default.trials and default.mean > 0 else None
+    ratio = confirmed["ratio"] if confirmed else in_search
     doc = {"objective": objective, "space": space, "budget_s": budget_s, "seconds": seconds,
-           "default_point": default_point, "tuned_vs_default_goodput": ratio, "profiles": profiles,
+           "default_point": default_point, "tuned_vs_default_goodput": ratio,
+           "tuned_vs_default_in_search": in_search, "confirmed": confirmed, "profiles": profiles,
            "search": result.to_json()}
     atomic.write_text(workdir / "tune.json", json.dumps(_finite(doc), indent=2, sort_keys=True, allow_nan=False) + "\n")
     atomic.write_text(workdir / "tune.md", markdown(doc, result))
@@ -36,8 +39,18 @@ def markdown(doc: dict[str, Any], result: Any) -> str:
              f"Noise rule: {s['noise_rule']}.", ""]
     if s["tie"]:
         lines += [f"**Tie**: the best and the runner-up are within noise (p = {_p(s['p_value'])}).", ""]
-    lines += [f"Tuned vs default settings: goodput ratio {ratio:.3f}." if ratio else
-              "Tuned vs default settings: no ratio (the default point was not measured or had no goodput).", ""]
+    c = doc["confirmed"]
+    if c:
+        lines += [f"Tuned vs default settings: goodput ratio {ratio:.3f} (confirmation trials, alternating: default "
+                  f"{', '.join(f'{g:.3f}' for g in c['default_goodput'])}, tuned "
+                  f"{', '.join(f'{g:.3f}' for g in c['tuned_goodput'])}; in the search "
+                  f"{_f(doc['tuned_vs_default_in_search'] or math.nan)}).", ""]
+    else:
+        lines += [f"Tuned vs default settings: goodput ratio {ratio:.3f}"
+                  + (" (the default settings were chosen)." if doc["profiles"] and
+                     any(p["point"] == doc["default_point"] for p in doc["profiles"].values()) else ".")
+                  if ratio else
+                  "Tuned vs default settings: no ratio (the default point was not measured or had no goodput).", ""]
     lines += ["| point | settings | goodput mean | trials | TTFT p99 s | TPOT p99 s | out tok/s | dropped | note |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     chosen: dict[int, list[str]] = {}

@@ -104,3 +104,27 @@ def test_noise_rule() -> None:
     assert not rule.differ([10.0, 10.0001, 9.9999], [9.9, 9.9001, 9.8999])[0]
     # one trial each: only the effect size counts, and it must exceed 2 * min_effect
     assert rule.differ([10.0], [9.0])[0] and not rule.differ([10.0], [9.5])[0]
+
+
+def test_confirmation_trials_alternate_and_stop_at_the_budget() -> None:
+    import time
+
+    from pipeline.stages.tune import TuneStage
+
+    engine = SyntheticEngine({"max_batch_size": 8, "max_num_tokens": 1024})
+    space = [{"max_batch_size": 2, "max_num_tokens": 256}, {"max_batch_size": 8, "max_num_tokens": 1024}]
+    result = successive_halving(space, engine.measure, SearchConfig(budget_s=1000), clock=engine.clock)
+    assert result.best is not None and result.best.index == 1
+    order: list[int] = []
+
+    def one_trial(settings: dict[str, int], n: int) -> Trial:
+        order.append(settings["max_batch_size"])
+        return engine.measure(settings, n)
+
+    got = TuneStage._confirm(result, one_trial, 2, time.monotonic(), budget_s=600)
+    assert got is not None and order == [2, 8, 8, 2]  # default first, then the chosen first
+    assert got["ratio"] == pytest.approx(sum(got["tuned_goodput"]) / sum(got["default_goodput"]))
+    assert got["ratio"] > 1.5  # true surface: 10 vs 10 - 2^2 - 0.8 * 2^2 = 2.8
+    order.clear()
+    assert TuneStage._confirm(result, one_trial, 2, time.monotonic() - 700, budget_s=600) is None
+    assert order == []
