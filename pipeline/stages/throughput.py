@@ -82,6 +82,7 @@ class ThroughputStage(Stage):
                   "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
                   "workloads": [w.model_dump() for w in cfg.workloads], "candidate_server": kind,
                   "schedule": {"mode": servers.schedule, "reason": servers.reason},
+                  "candidate_profile": self._profile(ctx, kind),
                   # a planted fault or pacing in this process's environment reaches the candidate
                   "candidate_test_hooks": hooks.describe() if hooks.active else None}
         atomic.write_text(ctx.workdir / "throughput.json", json.dumps(report, indent=2, sort_keys=True))
@@ -97,6 +98,17 @@ class ThroughputStage(Stage):
         return StageOutput(outputs={"report": "throughput.json", "markdown": "throughput.md"},
                            summary={"failed": [x.line() for x in results if not x.passed], "metrics": metrics},
                            passed=passed)
+
+    @staticmethod
+    def _profile(ctx: StageContext, kind: str) -> dict[str, Any] | None:
+        """The serving profile the candidate ran with (the tuned bundle's default), for the report."""
+        if kind == "endpoint":
+            return None
+        from pipeline.bundle import load_bundle
+        from pipeline.tune.profiles import resolve
+
+        name, settings = resolve(load_bundle(served_bundle(ctx)[0], verify=False), None)
+        return {"name": name, "settings": settings}
 
     def _measure(self, ctx: StageContext, kind: str, source: Path, schedule: str, vllm_args: list[str],
                  prompts: dict[str, Any]) -> tuple[dict[str, dict[tuple[str, int], Any]],
