@@ -118,3 +118,15 @@ def test_cli_publish_profile(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["profile"] == "latency"
     assert reference_params(tmp_path / "repo", "m")[0]["profile"] == "latency"
+
+
+def test_registry_tag_carries_profiles_for_list(tmp_path: Path) -> None:
+    from pipeline.tune.profiles import registry_tag
+
+    assert registry_tag(load_bundle(reference_bundle(tmp_path))) is None
+    tag = registry_tag(load_bundle(tuned(tmp_path, reference_bundle(tmp_path / "t"))))
+    assert tag is not None and len(tag) < 5000  # an MLflow tag value
+    doc = json.loads(tag)
+    assert doc["default"] == "throughput"
+    assert doc["profiles"]["latency"] == {"settings": {"max_batch_size": 4, "instances": 1}, "goodput": 2.5,
+                                          "ttft_p99": None}

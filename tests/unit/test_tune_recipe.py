@@ -45,3 +45,16 @@ def test_cli_validate_tune_error_exit_1_no_traceback(tmp_path: Path) -> None:
     out = trtbuild("validate", str(p))
     assert out.returncode == 1
     assert "tune.space.threads[0]" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_plan_explain_lists_the_search_space(tmp_path: Path) -> None:
+    from pipeline.explain.report import explain
+    from tests.conftest import ROOT
+
+    for name, want in (("smollm2-cpu", "max_batch_size: [2, 16] (default 16"),
+                       ("llama8b-fp8", "enable_chunked_context: [True, False]")):
+        ex = explain(load_recipe(ROOT / "recipes" / f"{name}.yaml", env={"PWD": "/w"}), artifacts=tmp_path)
+        tune = next(s for s in ex.stages if s.name == "tune")
+        assert any(want in n for n in tune.notes), tune.notes
+        if name == "smollm2-cpu":  # enabled: the private tritonserver the trials load points into
+            assert tune.processes[0].role == "tritonserver (tune)"
