@@ -14,6 +14,7 @@ tune.md, tune.png). The throughput gate, release and publish take this bundle.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,11 +150,12 @@ class TuneStage(Stage):
             return None
         default = result.points[0]
         got: dict[str, list[float]] = {"default": [], "tuned": []}
-        costs: list[float] = []
+        # what a trial costs: the search's trials so far (a confirmation trial is one more of them)
+        costs: list[float] = [t.seconds for p in result.points for t in p.trials]
         for k in range(n):
             for name, p in ([("default", default), ("tuned", best)] if k % 2 == 0
                             else [("tuned", best), ("default", default)]):
-                guess = max(costs, default=0.0)
+                guess = statistics.median(costs) if costs else 0.0
                 if time.monotonic() - started + guess > budget_s:
                     break
                 t0 = time.monotonic()

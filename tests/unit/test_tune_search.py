@@ -128,3 +128,9 @@ def test_confirmation_trials_alternate_and_stop_at_the_budget() -> None:
     order.clear()
     assert TuneStage._confirm(result, one_trial, 2, time.monotonic() - 700, budget_s=600) is None
     assert order == []
+    # the search's trials took 10 s each (Trial.seconds): 595 s spent leaves no room for one more
+    for p in result.points:
+        for t in p.trials:
+            t.seconds = 10.0
+    assert TuneStage._confirm(result, one_trial, 2, time.monotonic() - 595, budget_s=600) is None
+    assert order == []
