@@ -104,6 +104,9 @@ class TuneStage(Stage):
             # the budget counts from the stage's start: prompts and the server start are spent already
             result = successive_halving(points, one_trial, config_for(t.budget_s - (time.monotonic() - started)))
             confirmed = self._confirm(result, one_trial, s.confirm_trials, started, t.budget_s)
+            if confirmed is not None:
+                confirmed["kept_default"] = self._keep_default(result, NoiseRule(alpha=s.alpha,
+                                                                                 min_effect=s.min_effect))
         if result.best is None:
             errors = sorted({p.error for p in result.points if p.error})
             raise StageError("tune", "no point was measured within the budget"
@@ -159,13 +162,28 @@ class TuneStage(Stage):
                 if time.monotonic() - started + guess > budget_s:
                     break
                 t0 = time.monotonic()
-                got[name].append(one_trial(p.settings, len(p.trials) + len(got[name])).goodput)
+                trial = one_trial(p.settings, len(p.trials))
+                p.trials.append(trial)  # a measurement of the point like any other: the final rule sees it
+                got[name].append(trial.goodput)
                 costs.append(time.monotonic() - t0)
         if not got["default"] or not got["tuned"]:
             return None
         d, t = sum(got["default"]) / len(got["default"]), sum(got["tuned"]) / len(got["tuned"])
         return {"default_goodput": got["default"], "tuned_goodput": got["tuned"],
                 "ratio": t / d if d > 0 else None}
+
+    @staticmethod
+    def _keep_default(result: Any, rule: Any) -> bool:
+        """With the confirmation trials added, the chosen point must still beat the default beyond
+        noise (the stated rule); otherwise the default settings are chosen (a tie goes to point 0)."""
+        best, default = result.best, result.points[0]
+        if best is None or best is default or not default.trials:
+            return False
+        differ, p = rule.differ(best.goodputs, default.goodputs)
+        if differ and best.mean > default.mean:
+            return False
+        result.runner_up, result.best, result.tie, result.p_value = best, default, True, p
+        return True
 
     @contextlib.contextmanager
     def _serve(self, ctx: StageContext, kind: str, bundle: Path, source: Path) -> Iterator[Any]:

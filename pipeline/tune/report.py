@@ -44,7 +44,9 @@ def markdown(doc: dict[str, Any], result: Any) -> str:
         lines += [f"Tuned vs default settings: goodput ratio {ratio:.3f} (confirmation trials, alternating: default "
                   f"{', '.join(f'{g:.3f}' for g in c['default_goodput'])}, tuned "
                   f"{', '.join(f'{g:.3f}' for g in c['tuned_goodput'])}; in the search "
-                  f"{_f(doc['tuned_vs_default_in_search'] or math.nan)}).", ""]
+                  f"{_f(doc['tuned_vs_default_in_search'] or math.nan)})."
+                  + (" With these trials the settings found do not beat the default beyond noise: the default "
+                     "settings are kept." if c.get("kept_default") else ""), ""]
     else:
         lines += [f"Tuned vs default settings: goodput ratio {ratio:.3f}"
                   + (" (the default settings were chosen)." if doc["profiles"] and

@@ -134,3 +134,25 @@ def test_confirmation_trials_alternate_and_stop_at_the_budget() -> None:
             t.seconds = 10.0
     assert TuneStage._confirm(result, one_trial, 2, time.monotonic() - 595, budget_s=600) is None
     assert order == []
+
+
+def test_confirmation_that_does_not_hold_keeps_the_default() -> None:
+    import time
+
+    from pipeline.stages.tune import TuneStage
+
+    # the search saw point 1 ahead (one lucky trial each); the confirmation says they are equal
+    engine = SyntheticEngine({"max_batch_size": 8, "max_num_tokens": 1024}, noise=0.0)
+    space = [{"max_batch_size": 8, "max_num_tokens": 1024}, {"max_batch_size": 4, "max_num_tokens": 1024}]
+    result = successive_halving(space, lambda s, n: Trial(goodput=10.0 if s["max_batch_size"] == 8 and n else
+                                                          (9.0 if s["max_batch_size"] == 8 else 11.0)),
+                                SearchConfig(budget_s=1000, max_trials=1), clock=engine.clock)
+    assert result.best is not None and result.best.index == 1
+
+    def one_trial(settings: dict[str, int], n: int) -> Trial:
+        return Trial(goodput=10.0)
+
+    got = TuneStage._confirm(result, one_trial, 2, time.monotonic(), budget_s=600)
+    assert got is not None and got["ratio"] == pytest.approx(1.0)
+    assert TuneStage._keep_default(result, NoiseRule())
+    assert result.best.index == 0 and result.tie
