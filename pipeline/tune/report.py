@@ -90,7 +90,11 @@ def plot(result: Any, profiles: dict[str, dict[str, Any]], default_point: int, p
                     textcoords="offset points")
     marks = {default_point: ("default", "s", "tab:blue")}
     for i, (name, prof) in enumerate(profiles.items()):
-        marks.setdefault(prof["point"], (name, "*", ("tab:red", "tab:green", "tab:purple")[i % 3]))
+        if prof["point"] in marks:  # one marker per point, every name it stands for in the label
+            label, marker, color = marks[prof["point"]]
+            marks[prof["point"]] = (f"{label}+{name}", marker, color)
+        else:
+            marks[prof["point"]] = (name, "*", ("tab:red", "tab:green", "tab:purple")[i % 3])
     for idx, (label, marker, color) in marks.items():
         p = next((p for p in pts if p.index == idx), None)
         if p is not None:
