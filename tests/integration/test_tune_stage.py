@@ -52,8 +52,8 @@ def test_tune_finds_the_planted_optimum_and_writes_profiles_into_the_bundle(buil
     if report["search"]["tie"]:  # the stated tie rule: the earlier point of the space
         assert best == {"max_batch_size": 4, "instances": 1}
     # bounded by the budget (the stage's whole time, server start included) and reported
-    assert report["seconds"] <= BUDGET_S + 30, report["seconds"]
-    assert tune["seconds"] == pytest.approx(report["seconds"], abs=5)  # the run record's stage time
+    # the run record's stage time also covers writing the bundle and report after the search
+    assert report["seconds"] <= tune["seconds"] <= BUDGET_S + 30, (report["seconds"], tune["seconds"])
     assert Path(tune["outputs"]["plot"]).stat().st_size > 1000
     assert "goodput ratio" in Path(tune["outputs"]["markdown"]).read_text()
     # the tuned bundle: the build's files + profiles.json, verified, a new id
