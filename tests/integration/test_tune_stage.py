@@ -5,7 +5,8 @@ STEP_S whatever the machine's load. The reference runtime batches only prompts o
 length, so the 4 prompts (of a few different lengths) run in about as many sequential batches
 with max_batch_size 4 as with 1, while a second instance runs a second runtime beside the first:
 measured here, max_batch_size 4 with 1 instance ~= max_batch_size 1 with 2 instances (1.24 vs
-1.23 req/s) ~= 2 x max_batch_size 1 with 1 instance (0.62). The search must drop the slow point,
+1.23 req/s) ~= 2 x max_batch_size 1 with 1 instance (0.62), the second instance less when the
+machine has no free core. The search must drop the slow point,
 and call the two fast ones a tie (or rank them beyond noise), choosing point 0 on a tie. If the
 settings did not reach the served runtime, every point would measure the same.
 """
@@ -45,7 +46,9 @@ def test_tune_finds_the_planted_optimum_and_writes_profiles_into_the_bundle(buil
     # the default (build.max_batch_size 4, publish.instances 1) is point 0, then the recipe's space
     assert report["search"]["points"][0]["settings"] == {"max_batch_size": 4, "instances": 1}
     g = {k: p["goodput_trials"][0] for k, p in points.items()}
-    assert g[(4, 1)] > 1.4 * g[(1, 1)] and g[(1, 2)] > 1.4 * g[(1, 1)], g
+    # one runtime's batches are paced (2x in every run here); a second instance's gain needs a free
+    # core (2x idle, 1.3x while vLLM started beside it)
+    assert g[(4, 1)] > 1.5 * g[(1, 1)] and g[(1, 2)] > 1.15 * g[(1, 1)], g
     assert points[(1, 1)]["dropped_in_round"] == 1
     best = report["search"]["best"]["settings"]
     assert best in ({"max_batch_size": 4, "instances": 1}, {"max_batch_size": 1, "instances": 2})
