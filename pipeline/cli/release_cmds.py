@@ -115,6 +115,11 @@ def list_(model: str, registry: str, json_mode: bool) -> None:
         out.human(f"v{r['version']:<4} {','.join(r.get('aliases') or []):22} {str(r.get('digest'))[:12]}  "
                   f"gates {r.get('gates')}  {r.get('source')}"
                   + (f"  deployed {r['deployed']}" if r.get("deployed") else ""))
+        for name, prof in sorted(((r.get("profiles") or {}).get("profiles") or {}).items()):
+            default = " (default)" if name == r["profiles"].get("default") else ""
+            settings = ", ".join(f"{k}={v}" for k, v in prof.get("settings", {}).items())
+            out.human(f"      profile {name}{default}: {settings}; goodput {prof.get('goodput')} req/s, "
+                      f"TTFT p99 {prof.get('ttft_p99')} s")
 
 
 def register(group: click.Group) -> None:

@@ -86,20 +86,29 @@ SWITCH = click.option(
 @SERVER_REPO
 @SWITCH
 @LEASE_TIMEOUT
+@click.option("--profile", help="Serving profile of the bundle (its tune stage's, e.g. throughput or latency; "
+                                "`trtbuild list` shows them). Default: the bundle's default profile.")
 @common
 def publish(bundle: Path, model: str, repository: str, server_url: str | None, keep: int, target: str | None,
             store: str | None, server_repository: str | None, switch: str, lease_timeout: float | None,
-            json_mode: bool) -> None:
+            profile: str | None, json_mode: bool) -> None:
     """Publish a bundle as the next version of MODEL (zero downtime when a server is given)."""
     from pipeline.bundle import detect_runtime, facts_for_target
     from pipeline.repository.publish import publish_bundle
+    from pipeline.repository.render import ServingOptions
 
     out = Output(json_mode=json_mode)
     facts = facts_for_target(target) if target else (detect_runtime() or facts_for_target("cpu"))
     res = publish_bundle(bundle, repository, model, facts=facts, keep=keep, server_url=server_url, store=store,
-                         server_repository=server_repository, switch=switch, lease_timeout=lease_timeout)
-    out.result(res.to_json())
-    out.human(f"published {model} version {res.version} (bundle {res.bundle_id[:12]})"
+                         server_repository=server_repository, switch=switch, lease_timeout=lease_timeout,
+                         options=ServingOptions(profile=profile))
+    from pipeline.bundle import load_bundle
+    from pipeline.tune.profiles import resolve
+
+    served_profile, _ = resolve(load_bundle(bundle, verify=False), profile)
+    out.result({**res.to_json(), "profile": served_profile})
+    out.human(f"published {model} version {res.version} (bundle {res.bundle_id[:12]}"
+              + (f", profile {served_profile}" if served_profile else "") + ")"
               + (" and switched the server" if res.switched else ""))
 
 

@@ -355,6 +355,28 @@ class Planner:
         plan.processes.append(self.inproc("load generator (asyncio client)", phase=phase))
         return plan
 
+    def tune(self) -> StagePlan:
+        """The search space and the servers each trial starts (one at a time, alone on the GPUs)."""
+        from pipeline.stages.throughput import candidate_kind
+        from pipeline.tune.settings import describe
+
+        plan = StagePlan("tune", notes=describe(self.r))
+        if not self.r.tune.enabled:
+            return plan
+        kind = candidate_kind(self.r)
+        if kind == "trtllm-serve":
+            proc = self._trtllm_serve(self.r.gates.throughput.candidate, self.bundle_dir(), "tune",
+                                      "trtllm-serve (tune point)")
+            proc.note = "started once per trial with the point's settings as flags and LLM API options"
+            plan.processes.append(proc)
+        elif kind == "triton":
+            plan.processes.append(Process("tritonserver (tune)", resolve([
+                "tritonserver", f"--model-repository={self.layout.out('tune', '.candidate-repo')}",
+                "--model-control-mode=explicit", f"--http-port={PORT + 1}"]), phase="tune",
+                note="private server; each trial loads the point as its own model, then unloads it; CPU"))
+        plan.processes.append(self.inproc("load generator (asyncio client)", phase="tune"))
+        return plan
+
     def release(self) -> StagePlan:
         rel = self.r.release
         plan = StagePlan("release")

@@ -48,8 +48,8 @@ def explain(loaded: LoadedRecipe, *, artifacts: Path = Path("artifacts"), out_di
     fingerprints = {p.name: p.fingerprint for p in Runner(loaded, artifacts=artifacts).plan()}
     planner = Planner(loaded, Layout(artifacts, fingerprints))
     switch = schedule.switch_plan(r, planner.quantized)
-    stages = [planner.fetch(), planner.quantize(), planner.build(), planner.accuracy(), planner.throughput(),
-              planner.release(), planner.publish(switch)]
+    stages = [planner.fetch(), planner.quantize(), planner.build(), planner.tune(), planner.accuracy(),
+              planner.throughput(), planner.release(), planner.publish(switch)]
     for st in stages:  # container runs as the run starts them: --init and a name to stop them by
         for proc in st.processes:
             proc.argv = named_run(proc.argv, proc.role.split(" ")[0])[0]

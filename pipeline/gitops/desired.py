@@ -41,6 +41,8 @@ class ModelState(Strict):
     digest: str | None = Field(None, description="Bundle digest, sha256:<64 hex> (a pin).")
     keep_versions: Positive = Field(3, description="Version directories kept in the repository.")
     instances: Positive = Field(1, description="Triton model instances (first publish of the model).")
+    profile: str | None = Field(None, description="Serving profile of the bundle (its tune stage's, e.g. "
+                                "throughput or latency; `trtbuild list` shows them). Default: the bundle's default.")
     switch: Literal["side-by-side", "drain", "rolling"] = Field(
         "side-by-side", description="How a new version replaces the serving one: side-by-side (no downtime; two "
         "versions must fit on the GPUs), drain (unload first; downtime = load time), rolling (write the "

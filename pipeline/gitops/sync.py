@@ -196,9 +196,11 @@ def _sync_model(ms: ModelSync, state: DesiredState, name: str, m: ModelState, re
         if not dry_run:
             bundle_dir = fetch_bundle(r.store, r.bundle_id, cache)
             from pipeline.repository.publish import publish_bundle
+            from pipeline.repository.render import ServingOptions
 
             pub = publish_bundle(bundle_dir, repo, name, facts=facts, keep=m.keep_versions, server_url=url,
-                                 load_timeout=load_timeout, instances=m.instances, switch=m.switch)
+                                 load_timeout=load_timeout, instances=m.instances, switch=m.switch,
+                                 options=ServingOptions(instances=m.instances, profile=m.profile))
             ms.to_version, ms.seconds = pub.version, pub.seconds
     if dry_run:
         if ms.action != "in-sync":

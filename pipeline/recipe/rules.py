@@ -83,6 +83,7 @@ def check(recipe: Recipe, recipe_dir: Path | None = None) -> list[Problem]:
                          "a started vLLM baseline speaks openai; protocol triton is for kind 'endpoint'"))
 
     problems += _accuracy_rules(recipe, recipe_dir)
+    problems += _tune_rules(recipe)
     names = [w.name for w in recipe.gates.throughput.workloads]
     if len(set(names)) != len(names):
         problems.append((("gates", "throughput", "workloads"), "workload names must be unique"))
@@ -151,4 +152,21 @@ def _accuracy_rules(recipe: Recipe, recipe_dir: Path | None) -> list[Problem]:
     if acc.lm_eval.candidate.kind == "trtllm-serve" and reference:
         problems.append(((*at, "lm_eval", "candidate", "kind"),
                          "a reference bundle is served by the reference server (kind auto or reference)"))
+    return problems
+
+
+def _tune_rules(recipe: Recipe) -> list[Problem]:
+    from pipeline.tune.settings import space_problems
+
+    t = recipe.tune
+    problems: list[Problem] = list(space_problems(recipe))
+    names = [w.name for w in recipe.gates.throughput.workloads]
+    for i, w in enumerate(t.objective.workloads or []):
+        if w not in names:
+            problems.append((("tune", "objective", "workloads", i),
+                             f"unknown workload '{w}'; tune measures gates.throughput workloads: "
+                             f"{', '.join(names) or 'none'}"))
+    if t.enabled and recipe.gates.throughput.candidate.kind == "endpoint":
+        problems.append((("tune", "enabled"), "tune starts the candidate per point; a candidate of kind "
+                         "'endpoint' is not started by trtbuild: set tune.enabled false or serve it with auto"))
     return problems

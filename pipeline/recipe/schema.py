@@ -363,6 +363,76 @@ class Gates(Strict):
     throughput: ThroughputGate = Field(default_factory=ThroughputGate, description="Throughput gate vs vLLM.")
 
 
+# --------------------------------------------------------------------------- tune
+TuneSetting = Literal["max_batch_size", "max_num_tokens", "instances", "threads", "kv_cache_free_gpu_memory_fraction",
+                      "enable_chunked_context", "batch_scheduler_policy"]
+SettingValue = int | float | bool | str
+
+
+class TuneObjective(Strict):
+    workloads: list[str] | None = Field(
+        None, description="Names of gates.throughput workloads to tune on, each at its highest concurrency "
+        "(default: all of them). The objective is their summed goodput.")
+    slo_ttft_s: float | None = Field(
+        None, gt=0, description="A request counts toward goodput when its TTFT is at most this "
+        "(default: gates.throughput.slo_ttft_s).")
+    slo_tpot_s: float | None = Field(
+        None, gt=0, description="... and its TPOT at most this (default: gates.throughput.slo_tpot_s).")
+    warmup_requests: int | None = Field(
+        None, ge=0, description="Unmeasured requests per trial (default: gates.throughput.warmup_requests).")
+
+
+class TuneSearch(Strict):
+    eta: int = Field(2, ge=2, description="Successive halving keeps 1/eta of the points each round.")
+    first_trials: Positive = Field(1, description="Trials per point in the first round.")
+    max_trials: Positive = Field(3, description="Trials per point at most (close points are repeated up to this).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Welch's t-test level: points differ when p < alpha ...")
+    min_effect: float = Field(0.03, ge=0, lt=1, description="... and their mean goodputs differ by more than this "
+                              "share; otherwise they tie.")
+    confirm_trials: int = Field(2, ge=0, description="After the search, the default and the chosen settings are "
+                                "measured this many more times each, alternating, within the budget: the reported "
+                                "tuned/default ratio comes from these trials (free of the search's selection bias).")
+
+
+class TuneProfile(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Profile name (e.g. throughput, latency).")
+    goal: Literal["goodput", "ttft_p99", "tpot_p99"] = Field(
+        "goodput", description="goodput: the highest goodput; ttft_p99/tpot_p99: the lowest latency among measured "
+        "points whose goodput is at least min_goodput_share of the best.")
+    min_goodput_share: float = Field(0.8, gt=0, le=1, description="Latency profiles: goodput floor, a share of the "
+                                     "best point's.")
+
+
+def _default_profiles() -> list[TuneProfile]:
+    return [TuneProfile(name="throughput"), TuneProfile(name="latency", goal="ttft_p99")]
+
+
+class Tune(Strict):
+    enabled: bool = Field(False, description="Search the runtime settings between build and the gates.")
+    space: dict[TuneSetting, list[SettingValue]] | None = Field(
+        None, description="Values per setting; every combination is a point. Default: a space for the backend "
+        "(`plan --explain` lists it). reference: max_batch_size, max_num_tokens, instances, threads; tensorrt and "
+        "pytorch (trtllm-serve): max_batch_size, max_num_tokens, kv_cache_free_gpu_memory_fraction, "
+        "enable_chunked_context, batch_scheduler_policy.")
+    budget_s: Positive = Field(600, description="Wall-clock budget of the search, server starts included.")
+    objective: TuneObjective = Field(default_factory=TuneObjective, description="What is maximized.")
+    search: TuneSearch = Field(default_factory=TuneSearch, description="Successive halving and the noise rule.")
+    profiles: list[TuneProfile] = Field(default_factory=_default_profiles, description="Profiles to produce.")
+    default_profile: str | None = Field(None, description="The profile served when none is asked for "
+                                        "(default: the first).")
+
+    @model_validator(mode="after")
+    def _profiles(self) -> Tune:
+        names = [p.name for p in self.profiles]
+        if not names:
+            raise ValueError("tune.profiles needs at least one profile")
+        if len(set(names)) != len(names):
+            raise ValueError(f"tune.profiles: duplicate names in {names}")
+        if self.default_profile is not None and self.default_profile not in names:
+            raise ValueError(f"default_profile '{self.default_profile}' is not one of the profiles {names}")
+        return self
+
+
 # --------------------------------------------------------------------------- release / publish
 class Release(Strict):
     enabled: bool = Field(True, description="Store the bundle and register it.")
@@ -430,6 +500,7 @@ class Recipe(Strict):
     target: Target = Field(description="Hardware the bundle is built for.")
     quantize: Quantize = Field(default_factory=Quantize, description="Quantization with ModelOpt.")
     build: Build = Field(description="Engine or bundle build.")
+    tune: Tune = Field(default_factory=Tune, description="Runtime-settings search and serving profiles.")
     gates: Gates = Field(default_factory=Gates, description="Accuracy and throughput gates.")
     release: Release = Field(description="Store and registry.")
     publish: Publish = Field(default_factory=Publish, description="Triton model repository.")

@@ -489,6 +489,8 @@ class MlflowRegistry:
                     "recipe_digest": tags.get(TAG_RECIPE_DIGEST),
                     "git_commit": tags.get(TAG_GIT_COMMIT),
                     "run_id": mv.run_id or None,
+                    # the release's serving profiles (pipeline/tune/profiles.py: registry_tag)
+                    "profiles": _json_tag(tags.get("profiles")),
                 }
             )
         return sorted(rows, key=lambda r: r["version"], reverse=True)
@@ -496,3 +498,12 @@ class MlflowRegistry:
 
 def open_registry(uri: str) -> MlflowRegistry:
     return MlflowRegistry(uri)
+
+
+def _json_tag(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None

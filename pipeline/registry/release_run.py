@@ -46,6 +46,13 @@ def log_pipeline(ctx: StageContext, run: RunContext, bundle_dir: Path) -> Logged
             out.artifacts.append(f"gates/{f.name}")
         if res.passed is not None:
             out.views.append(run_page.gate_view(name, res))
+    tune = ctx.inputs.get("tune")
+    if tune is not None and tune.fingerprint != "disabled":  # the tune report, plot and figures
+        metrics.update({k: float(v) for k, v in (tune.summary.get("metrics") or {}).items()
+                        if isinstance(v, int | float)})
+        for f in sorted(tune.dir.glob("tune.*")):
+            run.log_artifact(f, "tune")
+            out.artifacts.append(f"tune/{f.name}")
     if metrics:
         run.log_metrics(metrics)
     run.log_artifact(bundle_dir / "manifest.json", "bundle")

@@ -31,7 +31,7 @@ from pipeline.errors import ServiceError
 from pipeline.names import check_name
 from pipeline.repository import history
 from pipeline.repository.base import ModelRepository, composing_models
-from pipeline.repository.render import SERVER_BACKENDS, ServingOptions
+from pipeline.repository.render import SERVER_BACKENDS, VERSION_CONFIG, ServingOptions
 from pipeline.repository.uri import open_repository
 
 SWITCHES = ("side-by-side", "drain", "rolling")
@@ -159,6 +159,11 @@ def publish_bundle(bundle_dir: Path, repository: Repository, model: str, *, fact
                 log.info("removing %s: an incomplete version a killed write left", repo.where(model, v))
                 repo.remove_version(model, v, "publish.cleanup")
         existing = repo.version_of(model, bundle.id)
+        if existing is not None:
+            from pipeline.tune.profiles import check_same_profile
+
+            own = repo.read_file(model, existing, VERSION_CONFIG)
+            check_same_profile(own.decode() if own is not None else None, model, existing, bundle, options)
         if existing is not None and existing in previous and not server_url:
             history.record(repo, model, existing, bundle.id, _absolute_store(store))
             return Published(model, existing, bundle.id, repo.uri, previous, [], False, {}, already=True)

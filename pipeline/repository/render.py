@@ -187,4 +187,9 @@ def render_version(model: str, bundle: Bundle, version: int, *, version_dir: str
     if renderer is None:
         raise RenderError(f"bundle {bundle.short_id}: backend '{bundle.backend}' has no Triton layout; "
                           f"known: {', '.join(sorted(RENDERERS))}")
-    return renderer(model, bundle, version, version_dir=version_dir, options=options or ServingOptions())
+    from pipeline.tune.profiles import serving_options
+
+    options, params = serving_options(bundle, options or ServingOptions())
+    rendered = renderer(model, bundle, version, version_dir=version_dir, options=options)
+    rendered.main.config.setdefault("parameters", {}).update(params)
+    return rendered

@@ -74,6 +74,10 @@ class ServingOptions:
     pre_post_instances: int = 1  # python tokenizer instances each
     instances: int = 1  # reference backend model instances
     upstream_models_dir: str = UPSTREAM_MODELS_DIR
+    # the bundle's serving profile (None: its default one) and explicit settings on top (a tune
+    # point); pipeline/tune/profiles.py turns them into the fields above and model parameters
+    profile: str | None = None
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

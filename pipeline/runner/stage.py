@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from pipeline.runner.events import Reporter
     from pipeline.runner.records import RunRecord
 
-STAGE_ORDER = ("fetch", "quantize", "build", "accuracy", "throughput", "release", "publish")
+STAGE_ORDER = ("fetch", "quantize", "build", "tune", "accuracy", "throughput", "release", "publish")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The seven stages, one module each, in pipeline order."""
+"""The eight stages, one module each, in pipeline order."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ def all_stages() -> list[Stage]:
     from pipeline.stages.quantize import QuantizeStage
     from pipeline.stages.release import ReleaseStage
     from pipeline.stages.throughput import ThroughputStage
+    from pipeline.stages.tune import TuneStage
 
-    stages: list[Stage] = [FetchStage(), QuantizeStage(), BuildStage(), AccuracyStage(),
+    stages: list[Stage] = [FetchStage(), QuantizeStage(), BuildStage(), TuneStage(), AccuracyStage(),
                            ThroughputStage(), ReleaseStage(), PublishStage()]
     assert tuple(s.name for s in stages) == STAGE_ORDER  # noqa: S101 - developer invariant
     return stages

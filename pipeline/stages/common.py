@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from pipeline.runner.stage import StageContext
 
 
 def fields(model: BaseModel, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -18,3 +22,13 @@ def fields(model: BaseModel, *, exclude: set[str] | frozenset[str] = frozenset()
         if isinstance(node, dict):
             node.pop(parts[-1], None)
     return data
+
+
+def served_bundle(ctx: StageContext) -> tuple[Path, str]:
+    """(bundle dir, bundle id) of what is served and released: the tune stage's bundle (the build's
+    files plus its serving profiles) when tune ran, else the build's."""
+    tune = ctx.inputs.get("tune")
+    if tune is not None and tune.outputs.get("bundle"):
+        return Path(tune.outputs["bundle"]), str(tune.summary["bundle_id"])
+    build = ctx.inputs["build"]
+    return Path(build.outputs["bundle"]), str(build.summary["bundle_id"])

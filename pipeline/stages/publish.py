@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.repository.render import ServingOptions
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
-from pipeline.stages.common import fields
+from pipeline.stages.common import fields, served_bundle
 
 
 def runtime_facts(loaded: LoadedRecipe) -> Any:
@@ -29,7 +29,7 @@ def switch_plan_of(loaded: LoadedRecipe) -> Any:
 
 class PublishStage(Stage):
     name = "publish"
-    inputs = ("build", "release")
+    inputs = ("build", "tune", "release")
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         # server_url says where to switch, not what is published: a restarted local server on
@@ -70,7 +70,7 @@ class PublishStage(Stage):
 
     def run(self, ctx: StageContext) -> StageOutput:
         p = ctx.recipe.publish
-        bundle = Path(ctx.inputs["build"].outputs["bundle"])
+        bundle, _ = served_bundle(ctx)  # served with its default profile (`trtbuild publish --profile` picks)
         plan = switch_plan_of(ctx.loaded)
         ctx.reporter.info(f"switch: {plan.strategy} ({plan.reason})")
         kwargs: dict[str, Any] = {

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from pipeline.bundle import load_bundle
 from pipeline.recipe.load import LoadedRecipe
 from pipeline.runner.stage import Stage, StageContext, StageOutput, StageResult
-from pipeline.stages.common import fields
+from pipeline.stages.common import fields, served_bundle
 
 
 class ReleaseStage(Stage):
     name = "release"
-    inputs = ("build", "accuracy", "throughput")
+    inputs = ("build", "tune", "accuracy", "throughput")
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.release, exclude={"enabled", "upload_concurrency"})
@@ -45,8 +44,7 @@ class ReleaseStage(Stage):
         from pipeline.store import open_store
 
         r = ctx.recipe.release
-        bundle_dir = Path(ctx.inputs["build"].outputs["bundle"])
-        bundle_id = str(ctx.inputs["build"].summary["bundle_id"])
+        bundle_dir, bundle_id = served_bundle(ctx)  # the tuned bundle (with its profiles) when tune ran
         store = open_store(r.store, concurrency=r.upload_concurrency)
         bar = ctx.transfer_progress()
         try:
@@ -67,11 +65,16 @@ class ReleaseStage(Stage):
                                 started=ctx.run.started if ctx.run is not None else None) as run:
             logged = log_pipeline(ctx, run, bundle_dir)
             # the bundle's own record (the build stage's summary has no provenance)
-            git = load_bundle(bundle_dir, verify=False).manifest["provenance"].get("git_commit")
+            bundle = load_bundle(bundle_dir, verify=False)
+            git = bundle.manifest["provenance"].get("git_commit")
+            from pipeline.tune.profiles import registry_tag
+
+            profiles = registry_tag(bundle)
             version = registry.register_bundle(
                 r.model_name, stored.uri, bundle_id, run_id=run.run_id,
                 tags={"bundle_digest": bundle_id, "recipe_digest": ctx.loaded.digest, "git_commit": git or "",
-                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()}},
+                      **{f"gate.{k}": "pass" if v else "fail" for k, v in gates.items()},
+                      **({"profiles": profiles} if profiles else {})},
                 description=run_page.version_note(
                     recipe=ctx.recipe.name, recipe_digest=ctx.loaded.digest, bundle_id=bundle_id,
                     store_uri=stored.uri, gates=logged.views, run_id=run.run_id, experiment_id=run.experiment_id,

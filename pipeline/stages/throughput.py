@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,16 @@ from typing import Any
 from pipeline.errors import NotImplementedStageError, ServiceError, StageError
 from pipeline.recipe.load import LoadedRecipe, interpolate_string
 from pipeline.runner.stage import Stage, StageContext, StageOutput
-from pipeline.stages.common import fields
+from pipeline.stages.common import fields, served_bundle
 from pipeline.util import atomic
 
 
 class ThroughputStage(Stage):
     name = "throughput"
-    inputs = ("fetch", "quantize", "build")
-    code_version = 3  # 2: trials interleaved between candidate and baseline; 3: GPU schedule, explicit fractions
+    inputs = ("fetch", "quantize", "build", "tune")
+    # 2: trials interleaved between candidate and baseline; 3: GPU schedule, explicit fractions;
+    # 4: the candidate is the tuned bundle served with its default profile
+    code_version = 4
 
     def section(self, loaded: LoadedRecipe) -> dict[str, Any]:
         return fields(loaded.recipe.gates.throughput,
@@ -80,6 +81,7 @@ class ThroughputStage(Stage):
                   "input_tokens": {k: v.input_tokens for k, v in prompts.items()},
                   "workloads": [w.model_dump() for w in cfg.workloads], "candidate_server": kind,
                   "schedule": {"mode": servers.schedule, "reason": servers.reason},
+                  "candidate_profile": self._profile(ctx, kind),
                   # a planted fault or pacing in this process's environment reaches the candidate
                   "candidate_test_hooks": hooks.describe() if hooks.active else None}
         atomic.write_text(ctx.workdir / "throughput.json", json.dumps(report, indent=2, sort_keys=True))
@@ -95,6 +97,17 @@ class ThroughputStage(Stage):
         return StageOutput(outputs={"report": "throughput.json", "markdown": "throughput.md"},
                            summary={"failed": [x.line() for x in results if not x.passed], "metrics": metrics},
                            passed=passed)
+
+    @staticmethod
+    def _profile(ctx: StageContext, kind: str) -> dict[str, Any] | None:
+        """The serving profile the candidate ran with (the tuned bundle's default), for the report."""
+        if kind == "endpoint":
+            return None
+        from pipeline.bundle import load_bundle
+        from pipeline.tune.profiles import resolve
+
+        name, settings = resolve(load_bundle(served_bundle(ctx)[0], verify=False), None)
+        return {"name": name, "settings": settings}
 
     def _measure(self, ctx: StageContext, kind: str, source: Path, schedule: str, vllm_args: list[str],
                  prompts: dict[str, Any]) -> tuple[dict[str, dict[tuple[str, int], Any]],
@@ -148,43 +161,22 @@ class ThroughputStage(Stage):
         from pipeline.bench.client import OpenAIEndpoint, TritonEndpoint
 
         c = ctx.recipe.gates.throughput.candidate
-        bundle = Path(ctx.inputs["build"].outputs["bundle"])
+        bundle, _ = served_bundle(ctx)
         if kind == "endpoint":
             assert c.url and c.model  # noqa: S101 - a recipe rule guarantees both
             endpoint = TritonEndpoint if c.protocol == "triton" else OpenAIEndpoint
             yield endpoint(interpolate_string(c.url), c.model, name="candidate")
             return
         if kind == "trtllm-serve":
-            from pipeline.backends.trtllm_serve import TrtllmServe
+            from pipeline.stages.candidate import trtllm_candidate
 
-            with ctx.progress("starting trtllm-serve for the candidate"):
-                server = TrtllmServe.for_model(c, ctx.recipe, model=bundle, tokenizer=source,
-                                               log=ctx.workdir / "candidate-trtllm-serve.log").start()
-            try:
-                yield OpenAIEndpoint(server.url, server.served_name, name="candidate")
-            finally:
-                server.stop()
+            with trtllm_candidate(ctx, bundle, source) as endpoint:  # the bundle's default profile
+                yield endpoint
             return
-        yield from self._triton_candidate(ctx, bundle)
+        from pipeline.stages.candidate import triton_candidates
 
-    def _triton_candidate(self, ctx: StageContext, bundle: Path) -> Iterator[Any]:
-        from pipeline.bench.client import TritonEndpoint
-        from pipeline.bundle import facts_for_target
-        from pipeline.repository.publish import publish_bundle
-        from pipeline.triton.server import TritonServer, locate_tritonserver
-
-        repo = ctx.workdir / ".candidate-repo"
-        repo.mkdir()
-        try:
-            server = TritonServer(locate_tritonserver(None), log_path=ctx.workdir / "candidate-triton.log")
-            with contextlib.ExitStack() as stack:
-                with ctx.progress("starting tritonserver and loading the candidate"):
-                    stack.enter_context(server.start(repo))
-                    publish_bundle(bundle, repo, "candidate",
-                                   facts=facts_for_target("cpu"), server_url=server.http_url)
-                yield TritonEndpoint(server.http_url, "candidate", name="candidate")
-        finally:
-            shutil.rmtree(repo, ignore_errors=True)
+        with triton_candidates(ctx) as triton, triton.model(bundle, "candidate") as endpoint:
+            yield endpoint
 
     @contextlib.contextmanager
     def _baseline(self, ctx: StageContext, source: Path, gpu_args: list[str]) -> Iterator[Any]:

@@ -72,7 +72,7 @@ def test_every_shipped_recipe_explains_cleanly(tmp_path: Path, name: str, capsys
     code, output, doc = explain(tmp_path, ROOT / "recipes" / name, capsys)
     assert code == 0, output
     assert doc["problems"] == [] and [s["name"] for s in doc["stages"]] == [
-        "fetch", "quantize", "build", "accuracy", "throughput", "release", "publish"]
+        "fetch", "quantize", "build", "tune", "accuracy", "throughput", "release", "publish"]
     for st in doc["stages"]:
         for p in st["processes"]:
             assert set(p) >= {"role", "argv", "env", "gpus", "gpu_memory_gib", "phase"}

@@ -257,12 +257,12 @@ def test_cli_usage_exit_2() -> None:
     assert trtbuild("no-such-command").returncode == 2
 
 
-def test_cli_plan_json_lists_seven_stages() -> None:
+def test_cli_plan_json_lists_eight_stages() -> None:
     r = trtbuild("plan", "--json", "recipes/smollm2-cpu.yaml")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert [s["name"] for s in data["stages"]] == [
-        "fetch", "quantize", "build", "accuracy", "throughput", "release", "publish"]
+        "fetch", "quantize", "build", "tune", "accuracy", "throughput", "release", "publish"]
 
 
 def test_runtime_errors_about_a_field_point_at_its_line(tmp_path: Path) -> None:

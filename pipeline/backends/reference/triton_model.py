@@ -58,7 +58,10 @@ class TritonPythonModel:
         if pacing.active:  # test-only hooks: never silent, a slowed model must be visible in the log
             pb_utils.Logger.log_warn(f"{args['model_name']} v{args['model_version']}: test hooks active: "
                                      f"{pacing.describe()}")
-        self.runtime = load_runtime(bundle_dir, verify=params.get("verify", "false") == "true", pacing=pacing)
+        # a serving profile's limits (pipeline/tune/profiles.py renders them as parameters)
+        limits = {k: int(params[k]) for k in ("max_batch_size", "max_num_tokens") if params.get(k)}
+        self.runtime = load_runtime(bundle_dir, verify=params.get("verify", "false") == "true", pacing=pacing,
+                                    overrides=limits)
         self.version = args["model_version"]
         self._inflight: set[threading.Thread] = set()
 

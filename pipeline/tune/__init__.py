@@ -1,0 +1,1 @@
+"""The tune stage: search, objective, report and serving profiles."""
