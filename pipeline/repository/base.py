@@ -36,7 +36,7 @@ from typing import Any
 from pipeline.bundle import Bundle
 from pipeline.errors import TrtbuildError
 from pipeline.repository import failpoints, pbtxt
-from pipeline.repository.lease import Lease, held, waiting_line
+from pipeline.repository.lease import Lease, held, lease_ttl, waiting_line
 from pipeline.repository.render import BUNDLE_DIR, VERSION_CONFIG, ServingOptions, render_version
 from pipeline.util.hashing import sha256_bytes
 
@@ -148,7 +148,7 @@ class ModelRepository(ABC):
                 yield
             else:
                 lease = self.lease(model)
-                with held(lease, timeout=timeout, on_wait=lambda h, waited: log.warning(
+                with held(lease, timeout=timeout, ttl=lease_ttl(), on_wait=lambda h, waited: log.warning(
                         "%s", waiting_line(model, h, waited))):
                     with self._held_lock:
                         self._active[key] = lease

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".trtbuild-lease"
 DEFAULT_TTL = 60.0
+TTL_ENV = "TRTBUILD_LEASE_TTL"  # seconds; how long a dead S3 writer's lease blocks the next one
 DEFAULT_SKEW_MARGIN = 5.0
 WAIT_REPORT_S = 10.0  # on_wait is called at least this often (the CLI promises every 15 s)
 MAX_POLL_S = 1.0
@@ -158,6 +159,19 @@ class Lease(Protocol):
     def release(self) -> None: ...
     def holder(self) -> Holder | None: ...
     def check(self) -> None: ...
+
+
+def lease_ttl() -> float:
+    """The lease ttl: TRTBUILD_LEASE_TTL, else 60 s. A holder renews every ttl/3, so a short ttl
+    costs requests; a long one keeps a crashed writer's S3 lease in the way longer."""
+    raw = os.environ.get(TTL_ENV, "").strip()
+    try:
+        ttl = float(raw) if raw else DEFAULT_TTL
+    except ValueError:
+        raise UsageError(f"{TTL_ENV}={raw!r}: not a number of seconds") from None
+    if ttl < 1:
+        raise UsageError(f"{TTL_ENV}={raw!r}: must be at least 1 second")
+    return ttl
 
 
 def waiting_line(model: str, holder: Holder | None, waited: float) -> str:

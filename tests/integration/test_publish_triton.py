@@ -481,7 +481,8 @@ def test_sigkill_at_each_write_step(target: RepoTarget, bundles: dict[str, Path]
     for m, step, args, _ in cases:
         before = target.repo.served_versions(m)
         with Load(url, m) as load:
-            p = cli(*args, *common, env={failpoints.ENV: step})
+            # a short lease ttl: a killed S3 writer's lease blocks the rerun until it expires
+            p = cli(*args, *common, env={failpoints.ENV: step, "TRTBUILD_LEASE_TTL": "3"})
             _, err = p.communicate(timeout=300)
         assert p.returncode == -9, f"{step}: not killed there (rc {p.returncode}): {err[-2000:]}"
         assert load.errors == [], f"{step}: {load.errors[:3]}"
