@@ -294,8 +294,11 @@ def rollback(repository: Repository, model: str, *, server_url: str | None, to: 
                 raise ServiceError(f"model '{model}' has no version older than {current} on disk to roll back "
                                    "to; use --to VERSION (pruned versions come back from the store)")
             to = max(older)
-        # a version without its manifest is what a killed write left: fetched and written again
+        # a version without its manifest is what a killed write left: removed, fetched and written again
         fetched = to not in versions or repo.bundle_id(model, to) is None
+        if fetched and to in versions:
+            log.info("removing %s: an incomplete version a killed write left", repo.where(model, to))
+            repo.remove_version(model, to, "publish.cleanup")
         backend = _fetch_pruned(repo, model, to, server_repository) if fetched else repo.backend_of(model, to)
         try:
             if server_url and switch != "rolling":
