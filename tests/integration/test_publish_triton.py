@@ -505,3 +505,43 @@ def test_sigkill_at_each_write_step(target: RepoTarget, bundles: dict[str, Path]
         assert target.repo.served_versions(m) == [want] and served_version(url, m) == want, step
         assert_complete(target.repo, m)
     print("\n" + "\n".join(table))
+
+
+def test_tritonserver_dying_in_the_middle_of_a_switch(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """tritonserver is SIGKILLed while it loads the new version: publish says so in one error, the
+    repository is left serving the previous version (config.pbtxt restored, the new version's
+    directory removed), a restarted server loads it, and the rerun publishes."""
+    import signal
+
+    from pipeline.triton.server import locate_tritonserver
+
+    repo, model = tmp_path / "repo", "restart"
+    repo.mkdir()
+    cfg = repo / model / "config.pbtxt"
+    first = TritonServer(locate_tritonserver(None), log_path=tmp_path / "first.log")
+    with first.start(repo) as srv:
+        publish_bundle(bundles["v1"], repo, model, facts=CPU, server_url=srv.http_url)
+
+        def kill_during_load() -> None:  # once config.pbtxt names version 2, the load is under way
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if cfg.is_file() and list(parse_config(cfg.read_text()).version_policy.specific.versions) == [2]:
+                    os.killpg(srv.pid or 0, signal.SIGKILL)
+                    return
+                time.sleep(0.005)
+
+        killer = threading.Thread(target=kill_during_load, daemon=True)
+        killer.start()
+        with pytest.raises(TrtbuildError) as err:
+            publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=srv.http_url, load_timeout=60)
+        killer.join(timeout=30)
+    msg = str(err.value)
+    assert "switch of model 'restart' to version 2 failed" in msg and "config.pbtxt restored" in msg, msg
+    assert "\n" not in msg
+    r = DirectoryRepository(repo)
+    assert r.served_versions(model) == [1] and r.versions(model) == [1]
+    second = TritonServer(locate_tritonserver(None), log_path=tmp_path / "second.log")
+    with second.start(repo, load=[model]) as srv:
+        assert served_version(srv.http_url, model) == 1
+        again = publish_bundle(bundles["v2"], repo, model, facts=CPU, server_url=srv.http_url)
+        assert again.version == 2 and served_version(srv.http_url, model) == 2
