@@ -109,6 +109,7 @@ def test_throughput_candidate_through_trtllm_serve(served: dict[str, Any], monke
     from types import SimpleNamespace
 
     from pipeline.bench.harness import run_point
+    from pipeline.bundle import read_manifest
     from pipeline.stages.throughput import ThroughputStage, candidate_kind
 
     r = served["recipe"].model_copy(deep=True)
@@ -117,7 +118,8 @@ def test_throughput_candidate_through_trtllm_serve(served: dict[str, Any], monke
     argv_file = served["d"] / "tput-argv.json"
     monkeypatch.setenv("TRTLLM_STANDIN_ARGV", str(argv_file))
     ctx = SimpleNamespace(recipe=r, workdir=served["d"],
-                          inputs={"build": SimpleNamespace(outputs={"bundle": str(served["bundle"])})},
+                          inputs={"build": SimpleNamespace(outputs={"bundle": str(served["bundle"])},
+                                                           summary={"bundle_id": read_manifest(served["bundle"])[1]})},
                           progress=lambda *_a, **_k: contextlib.nullcontext())
     with ThroughputStage()._candidate(ctx, "trtllm-serve", served["source"]) as ep:  # type: ignore[arg-type]
         point = asyncio.run(run_point(ep, ["Input: apple\nOutput:"] * 4, output_len=8, concurrency=2,
