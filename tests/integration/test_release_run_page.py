@@ -90,7 +90,8 @@ def _context(tmp_path: Path, uri: str, *, accuracy_passed: bool = True, gates: b
                        stages=[StageRecord(n) for n in STAGE_ORDER], started=time.time() - 700)
     for name in earlier:
         record.stage(name).status = "skipped" if name == "quantize" else "done"
-    return StageContext(loaded=loaded, workdir=tmp_path / "work", inputs={k: earlier[k] for k in ReleaseStage.inputs if k in earlier},
+    inputs = {k: earlier[k] for k in ReleaseStage.inputs if k in earlier}
+    return StageContext(loaded=loaded, workdir=tmp_path / "work", inputs=inputs,
                         artifacts=tmp_path / "artifacts", reporter=NullReporter(), earlier=earlier, run=record)
 
 
