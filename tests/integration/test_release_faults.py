@@ -62,10 +62,11 @@ class Services:
                                              preferred_s3=port, timeout=60)
 
     def start_mlflow(self) -> None:
-        # its artifacts go straight to SeaweedFS, not through the proxy: only trtbuild's view is cut
+        # its artifacts on its own disk: a SeaweedFS restart (possibly on other ports) must not
+        # break MLflow itself; only trtbuild's view of each service is cut
         self.mlflow = mlflow_server.start_mlflow(self.root / "ml", s3_endpoint=self.seaweed["endpoint"],
                                                  access_key=self.access, secret_key=self.secret,
-                                                 artifacts_destination=f"s3://{BUCKET}/mlflow/",
+                                                 artifacts_destination=str(self.root / "ml" / "artifacts"),
                                                  preferred_port=self.mlflow.get("port") if self.mlflow else None,
                                                  timeout=120)
 
