@@ -147,8 +147,9 @@ class ModelRepository(ABC):
             if depth:
                 yield
             else:
+                ttl = lease_ttl()  # a bad TRTBUILD_LEASE_TTL fails before anything is created
                 lease = self.lease(model)
-                with held(lease, timeout=timeout, ttl=lease_ttl(), on_wait=lambda h, waited: log.warning(
+                with held(lease, timeout=timeout, ttl=ttl, on_wait=lambda h, waited: log.warning(
                         "%s", waiting_line(model, h, waited))):
                     with self._held_lock:
                         self._active[key] = lease
