@@ -156,8 +156,7 @@ def publish_bundle(bundle_dir: Path, repository: Repository, model: str, *, fact
         previous = repo.served_versions(model)
         for v in repo.versions(model):  # what a killed publish or rollback left (no manifest: never served)
             if v not in previous and repo.bundle_id(model, v) is None:
-                log.info("removing %s: an incomplete version a killed write left", repo.where(model, v))
-                repo.remove_version(model, v, "publish.cleanup")
+                _remove_incomplete(repo, model, v)
         existing = repo.version_of(model, bundle.id)
         if existing is not None:
             from pipeline.tune.profiles import check_same_profile
@@ -297,8 +296,7 @@ def rollback(repository: Repository, model: str, *, server_url: str | None, to: 
         # a version without its manifest is what a killed write left: removed, fetched and written again
         fetched = to not in versions or repo.bundle_id(model, to) is None
         if fetched and to in versions:
-            log.info("removing %s: an incomplete version a killed write left", repo.where(model, to))
-            repo.remove_version(model, to, "publish.cleanup")
+            _remove_incomplete(repo, model, to)
         backend = _fetch_pruned(repo, model, to, server_repository) if fetched else repo.backend_of(model, to)
         try:
             if server_url and switch != "rolling":
@@ -311,6 +309,11 @@ def rollback(repository: Repository, model: str, *, server_url: str | None, to: 
             raise
     return Published(model, to, repo.bundle_id(model, to) or "", repo.uri, served, [],
                      bool(server_url) and switch != "rolling", seconds, fetched=fetched)
+
+
+def _remove_incomplete(repo: ModelRepository, model: str, version: int) -> None:
+    log.info("removing %s: an incomplete version a killed write left", repo.where(model, version))
+    repo.remove_version(model, version, "publish.cleanup")
 
 
 def _fetch_pruned(repo: ModelRepository, model: str, version: int, server_repository: str | None) -> str:
